@@ -1,0 +1,21 @@
+"""Entry point: `python main.py [overrides]`, or `python main.py -m ...` for a sweep."""
+
+import hydra
+from omegaconf import DictConfig
+
+from adalfl.config import register_configs
+from adalfl.sweep.resolvers import register_resolvers
+
+register_configs()
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from adalfl import run
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

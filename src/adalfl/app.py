@@ -1,0 +1,151 @@
+"""One job, start to finish: validate, build, train, evaluate, and leave results behind whatever
+happens. ``main.py`` calls ``run`` with the composed Hydra config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from adalfl.config import ConfigError, model_name, validate
+from adalfl.data import BatchSampler, load_data
+from adalfl.losses import Task
+from adalfl.methods.base import Method
+from adalfl.track.metrics import Tracker
+from adalfl.track.plots import learning_curves
+from adalfl.track.wandb_logger import WandbLogger
+from adalfl.train.job import Job
+from adalfl.train.loop import fit
+from adalfl.utils import PhaseTimer, atomic_write_json, git_commit, resolve_device, seed_everything, versions
+
+log = logging.getLogger("adalfl")
+
+RESULT_FILE = "result.json"
+
+
+def output_dir() -> Path:
+    """The Hydra job folder (or the working directory when called outside Hydra)."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd()
+
+
+def read_result(out_dir: Path) -> dict | None:
+    path = out_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
+    """Run one job; returns its final test metric (for sweepers). Raises after recording a failure."""
+    out_dir = out_dir or output_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = read_result(out_dir)
+    if previous is not None and previous.get("status") == "done":
+        log.info("%s already holds a finished result; skipping (delete it to rerun)", out_dir / RESULT_FILE)
+        return float(previous["test_metric"])
+
+    started = time.perf_counter()
+    timer = PhaseTimer()
+    task = Task(str(cfg.dataset.task), int(cfg.dataset.num_outputs))
+    record: dict[str, Any] = {
+        "status": "running",
+        "method": cfg.method.name,
+        "dataset": cfg.dataset.name,
+        "model": model_name(cfg),
+        "seed": int(cfg.seed),
+        "experiment": cfg.get("experiment"),
+        "metric_name": task.metric_name,
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    wandb: WandbLogger | None = None
+    tracker: Tracker | None = None
+    try:
+        validate(cfg)
+        OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
+        device = resolve_device(cfg.device)
+        record["device"] = str(device)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        seed_everything(int(cfg.seed))
+        data = load_data(cfg.dataset, device)
+        build_model = partial(_build_model, cfg, device)
+        model = build_model()  # built before any offline phase: every method starts from the same theta_0
+        wandb = WandbLogger(cfg, out_dir)
+        tracker = Tracker(out_dir, wandb)
+        method: Method = instantiate(cfg.method, _convert_="all")
+        job = Job(
+            cfg=cfg,
+            out_dir=out_dir,
+            device=device,
+            task=task,
+            data=data,
+            tracker=tracker,
+            build_model=build_model,
+            build_optimizer=partial(_build_optimizer, cfg),
+            train_batches=BatchSampler(data.train, int(cfg.dataset.batch_size), seed=int(cfg.seed)),
+            val_batches=BatchSampler(data.val, int(cfg.dataset.batch_size), seed=int(cfg.seed) + 1_000_003),
+            timer=timer,
+            log=log,
+        )
+        progress = fit(job, model, method)
+        curves = learning_curves(tracker, task.metric_name, out_dir / "learning_curves.png", job.title)
+        tracker.image("plots/learning_curves", curves, "train", progress.step)
+        record.update(
+            status="done",
+            test_metric=progress.final_test,
+            final_val_metric=progress.final_val,
+            best_val_metric=progress.best_val,
+            best_val_step=progress.best_step,
+            test_metric_at_best_val=progress.test_at_best_val,
+            steps=progress.step,
+        )
+    except BaseException as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+    finally:
+        record["wall_time_s"] = {**timer.totals, "total": time.perf_counter() - started}
+        atomic_write_json(out_dir / RESULT_FILE, record)
+        if tracker is not None:
+            tracker.close()
+        if wandb is not None:
+            wandb.summary({k: record[k] for k in ("status", "test_metric", "best_val_metric") if k in record})
+            wandb.finish(failed=record["status"] != "done")
+    log.info(
+        "[%s/%s/%s seed=%s] test %s = %.4f  (best val %.4f)  in %.1f s -> %s",
+        record["dataset"], record["model"], record["method"], record["seed"], task.metric_name,
+        record["test_metric"], record["best_val_metric"], record["wall_time_s"]["total"], out_dir,
+    )
+    return float(record["test_metric"])
+
+
+def _build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
+    try:
+        model = instantiate(cfg.model, _convert_="all")
+    except Exception as err:
+        raise ConfigError(f"cannot build model {cfg.model._target_}: {err}") from err
+    return model.to(device)
+
+
+def _build_optimizer(
+    cfg: DictConfig, params: list[nn.Parameter]
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    node = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    schedule = node.pop("schedule")
+    optimizer = instantiate(node)(params)
+    return optimizer, instantiate(schedule)(optimizer)

@@ -1,0 +1,160 @@
+"""Config schemas, registered with Hydra's ConfigStore so that a misspelt key or a value of the
+wrong type fails at start-up with a message naming the key, before any data is loaded.
+
+Groups with one shape (dataset, optimizer, logger) have their schema here. Methods differ in
+their keys, so each method module declares its own ``CONFIG_SCHEMA`` dataclass and
+``register_configs`` discovers it: a new method is one module plus one YAML file.
+Model configs are plain ``_target_`` nodes (their keyword arguments differ per architecture);
+Hydra's struct mode still rejects unknown keys, and a wrong type is reported when the model is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+class ConfigError(ValueError):
+    """A config value that is well-typed but unusable (e.g. a negative learning rate)."""
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    loader: str = MISSING  # import path of a function (dataset config) -> adalfl.data.Data
+    task: str = MISSING  # "classification" or "regression"
+    input_shape: List[int] = MISSING
+    num_outputs: int = MISSING
+    root: Optional[str] = None  # data folder, for datasets read from disk
+    download: bool = False
+    val_fraction: float = 0.1
+    test_fraction: Optional[float] = None  # only for sets without an official test partition
+    split_seed: int = 0
+    # budget
+    steps: int = MISSING
+    batch_size: int = 128
+    eval_interval: int = 100
+    log_interval: int = 10
+    eval_batch_size: int = 1024
+    # base optimiser defaults for this dataset (interpolated into the optimizer group)
+    lr: float = MISSING
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    milestones: List[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    augment: List[str] = field(default_factory=list)
+    notes: str = ""
+
+
+@dataclass
+class ScheduleConfig:
+    _target_: str = "torch.optim.lr_scheduler.MultiStepLR"
+    _partial_: bool = True
+    milestones: List[int] = field(default_factory=list)
+    gamma: float = 0.1
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = MISSING
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING  # "wandb" or "none"
+    mode: str = "offline"  # online | offline | disabled
+    project: str = "adalfl"
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MethodConfig:
+    """Keys every method has; methods extend it with their own dataclass."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # base steps between checkpoints; 0 disables them
+    resume: bool = True
+
+
+@dataclass
+class Config:
+    dataset: Any = MISSING
+    model: Any = MISSING
+    method: Any = MISSING
+    optimizer: Any = MISSING
+    logger: Any = MISSING
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False  # torch.use_deterministic_algorithms, for GPU bit-reproducibility
+    progress: bool = True  # progress bar when attached to a terminal
+    experiment: Optional[str] = None  # set by experiment configs; tags runs and names sweep folders
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def register_configs() -> None:
+    """Register every schema; safe to call more than once."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    cs.store(group="method", name="method_schema", node=MethodConfig)
+    import adalfl.methods as methods_pkg
+
+    for info in pkgutil.iter_modules(methods_pkg.__path__):
+        module = importlib.import_module(f"adalfl.methods.{info.name}")
+        schema = getattr(module, "CONFIG_SCHEMA", None)
+        if schema is not None:
+            cs.store(group="method", name=f"{info.name}_schema", node=schema)
+
+
+def model_name(cfg: DictConfig) -> str:
+    """Short model name for folders, groups and tables: the class name, lower-cased."""
+    return str(cfg.model._target_).rsplit(".", 1)[-1].lower()
+
+
+def _positive(value: Any, key: str) -> None:
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse values that type-check but cannot train, before any compute."""
+    _positive(cfg.optimizer.lr, "optimizer.lr")
+    _positive(cfg.dataset.steps, "dataset.steps")
+    _positive(cfg.dataset.batch_size, "dataset.batch_size")
+    _positive(cfg.dataset.eval_interval, "dataset.eval_interval")
+    _positive(cfg.dataset.log_interval, "dataset.log_interval")
+    _positive(cfg.dataset.eval_batch_size, "dataset.eval_batch_size")
+    for key in ("momentum", "weight_decay", "dampening"):
+        if cfg.optimizer[key] < 0:
+            raise ConfigError(f"optimizer.{key} must be >= 0, got {cfg.optimizer[key]!r}")
+    if cfg.optimizer.nesterov and (cfg.optimizer.momentum <= 0 or cfg.optimizer.dampening != 0):
+        raise ConfigError("optimizer.nesterov needs optimizer.momentum > 0 and optimizer.dampening = 0")
+    if not 0 < cfg.dataset.val_fraction < 1:
+        raise ConfigError(f"dataset.val_fraction must be in (0, 1), got {cfg.dataset.val_fraction!r}")
+    if cfg.dataset.task not in ("classification", "regression"):
+        raise ConfigError(f"dataset.task must be 'classification' or 'regression', got {cfg.dataset.task!r}")
+    if cfg.logger.mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"logger.mode must be online, offline or disabled, got {cfg.logger.mode!r}")
+    if cfg.checkpoint.every < 0:
+        raise ConfigError(f"checkpoint.every must be >= 0, got {cfg.checkpoint.every!r}")

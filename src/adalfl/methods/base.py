@@ -1,0 +1,67 @@
+"""The small interface every method implements; the training loop only talks to this."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from adalfl.train.job import Job
+
+Moment = Literal["start", "eval", "end"]
+
+
+class Method:
+    """A way of training: an optional offline phase, then one ``train_step`` per base step.
+
+    ``train_step`` draws its own batches from the job (a meta-learning method needs a validation
+    batch too), must leave the model's parameters updated by exactly one base optimiser step, and
+    returns scalars to log; ``train/base_loss`` is required (the loop checks it is finite).
+    """
+
+    name: str = "method"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def setup(self, job: Job, model: nn.Module) -> None:
+        """Build method state (learned loss, meta optimiser) before the offline phase or a resume."""
+
+    def offline(self, job: Job, model: nn.Module) -> None:
+        """Offline meta-learning (e.g. Algorithm 1). The default has none."""
+
+    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
+        """Called at the start of training, at every evaluation and at the end: plots, saved state."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        del state
+
+
+class FixedLossMethod(Method):
+    """Plain training with a loss that does not change during training: the handcrafted loss, or a
+    learned loss frozen after an offline phase (ML3, TaylorGLO-style)."""
+
+    def base_loss(self, job: Job, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return job.task.loss(output, target)
+
+    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        x, y = job.train_batch()
+        output = model(x)
+        loss = self.base_loss(job, output, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stats = {"train/base_loss": loss.detach()}
+        stats["train/task_loss"] = job.task.loss(output.detach(), y) if self.learned else stats["train/base_loss"]
+        return stats
+
+    @property
+    def learned(self) -> bool:
+        return type(self).base_loss is not FixedLossMethod.base_loss

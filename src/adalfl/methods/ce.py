@@ -1,0 +1,21 @@
+"""The handcrafted-loss baseline: cross-entropy for classification, squared error for regression."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adalfl.config import MethodConfig
+from adalfl.methods.base import FixedLossMethod
+
+
+@dataclass
+class CEConfig(MethodConfig):
+    _target_: str = "adalfl.methods.ce.CrossEntropy"
+    name: str = "ce"
+
+
+CONFIG_SCHEMA = CEConfig
+
+
+class CrossEntropy(FixedLossMethod):
+    """Trains with the task loss L_T itself (see ``Task.loss``)."""

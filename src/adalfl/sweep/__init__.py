@@ -1,0 +1,1 @@
+"""Sweep plumbing: folder naming, Hydra callbacks, and the report that builds the paper's tables."""

@@ -1,0 +1,1 @@
+"""Where results go: metrics.jsonl, result.json, plots and Weights & Biases."""

@@ -1,0 +1,151 @@
+"""The one training loop. Methods plug in through ``Method``; this file owns step counting,
+the schedule, logging, evaluation, checkpoints and resume."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from adalfl.methods.base import Method
+from adalfl.train.checkpoint import Checkpointer, rng_state, set_rng_state
+from adalfl.train.evaluate import evaluate
+from adalfl.train.job import Job
+
+
+class NonFiniteLossError(RuntimeError):
+    """The base loss became NaN or infinite: training cannot recover, so the job fails."""
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    offline_done: bool = False
+    best_val: float = math.inf
+    best_step: int = -1
+    test_at_best_val: float = math.nan
+    final_val: float = math.nan
+    final_test: float = math.nan
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def fit(job: Job, model: nn.Module, method: Method) -> Progress:
+    """Run the method's offline phase (once) and the base training budget, resuming from the job
+    folder's checkpoint when there is one. Returns the final progress record."""
+    cfg = job.cfg
+    total = int(cfg.dataset.steps)
+    optimizer, scheduler = job.build_optimizer(list(model.parameters()))
+    method.setup(job, model)
+    checkpointer = Checkpointer(job.out_dir)
+    progress = Progress()
+
+    def save() -> None:
+        checkpointer.save(
+            {
+                "progress": asdict(progress),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "method": method.state_dict(),
+                "train_batches": job.train_batches.state_dict(),
+                "val_batches": job.val_batches.state_dict(),
+                "rng": rng_state(),
+                "timer": dict(job.timer.totals),
+                "metrics_offset": job.tracker.offset(),
+            }
+        )
+
+    state = checkpointer.load() if cfg.checkpoint.resume else None
+    if state is not None:
+        progress = Progress(**state["progress"])
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        job.train_batches.load_state_dict(state["train_batches"])
+        job.val_batches.load_state_dict(state["val_batches"])
+        set_rng_state(state["rng"])
+        job.timer.totals = dict(state["timer"])
+        job.tracker.resume_from(state["metrics_offset"])
+        job.log.info("resuming from checkpoint at step %d/%d", progress.step, total)
+    else:
+        if job.tracker.path.exists():
+            job.log.info("no usable checkpoint in %s: starting from scratch", job.out_dir)
+        job.tracker.reset()
+
+    if not progress.offline_done:
+        with job.timer.phase("offline"):
+            method.offline(job, model)
+        progress.offline_done = True
+        if cfg.checkpoint.every > 0:
+            save()  # a crash during training must not redo the offline phase
+    if progress.step == 0:
+        method.observe(job, model, 0, "start")
+
+    log_every, eval_every, ckpt_every = int(cfg.dataset.log_interval), int(cfg.dataset.eval_interval), int(cfg.checkpoint.every)
+    bar = tqdm(
+        total=total,
+        initial=progress.step,
+        desc=job.title,
+        disable=not (cfg.progress and sys.stderr.isatty()),
+        dynamic_ncols=True,
+        leave=False,
+    )
+    model.train()
+    while progress.step < total:
+        with job.timer.phase("train"):
+            lr = _current_lr(optimizer)
+            stats = method.train_step(job, model, optimizer)
+            scheduler.step()
+        progress.step += 1
+        step = progress.step
+        bar.update(1)
+        last = step == total
+        scalars: dict[str, float | torch.Tensor] = {}
+        if step % log_every == 0 or last:
+            scalars.update(stats, **{"train/lr": lr})
+        if step % eval_every == 0 or last:
+            scalars.update(_evaluate(job, model, progress))
+        if scalars:
+            record = job.tracker.log("train", step, scalars)
+            base_loss = record.get("train/base_loss", 0.0)
+            if not math.isfinite(base_loss):
+                raise NonFiniteLossError(
+                    f"base loss became {base_loss} at step {step}; lower optimizer.lr or check the data"
+                )
+            bar.set_postfix(loss=f"{base_loss:.4g}", refresh=False)
+        if step % eval_every == 0 or last:
+            method.observe(job, model, step, "end" if last else "eval")
+        if ckpt_every > 0 and (step % ckpt_every == 0 or last):
+            save()
+    bar.close()
+    checkpointer.previous.unlink(missing_ok=True)
+    return progress
+
+
+def _evaluate(job: Job, model: nn.Module, progress: Progress) -> dict[str, float]:
+    task, data, size = job.task, job.data, int(job.cfg.dataset.eval_batch_size)
+    metric = task.metric_name
+    with job.timer.phase("eval"):
+        val = evaluate(model, data.val, data, task, size)
+        test = evaluate(model, data.test, data, task, size)
+    progress.final_val, progress.final_test = val[metric], test[metric]
+    if val[metric] < progress.best_val:
+        progress.best_val, progress.best_step, progress.test_at_best_val = val[metric], progress.step, test[metric]
+    job.log.info(
+        "[%s] step %d/%d  val %s %.4f  test %s %.4f",
+        job.title, progress.step, job.cfg.dataset.steps, metric, val[metric], metric, test[metric],
+    )
+    return {
+        f"val/{metric}": val[metric],
+        "val/task_loss": val["task_loss"],
+        f"test/{metric}": test[metric],
+        "test/task_loss": test["task_loss"],
+    }
