@@ -1,0 +1,115 @@
+"""Every config group composes and builds; bad input fails at start-up with the key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from adalfl.app import _build_model, _build_optimizer, run
+from adalfl.config import ConfigError, validate
+from adalfl.data import load_data
+from adalfl.methods.base import Method
+
+from conftest import CONF, compose_config, run_main, tiny
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("dataset", _options("dataset"))
+def test_every_dataset_config_composes_and_validates(dataset: str) -> None:
+    cfg = compose_config(f"dataset={dataset}")
+    validate(cfg)
+    assert cfg.dataset.name == dataset
+    assert cfg.optimizer.lr == cfg.dataset.lr  # the optimizer takes the dataset's protocol
+
+
+@pytest.mark.parametrize("model", _options("model"))
+def test_every_model_config_builds_for_the_default_dataset(model: str) -> None:
+    cfg = compose_config(f"model={model}")
+    net = _build_model(cfg, torch.device("cpu"))
+    out = net(torch.randn(3, *cfg.dataset.input_shape))
+    assert out.shape == (3, cfg.dataset.num_outputs)
+
+
+@pytest.mark.parametrize("method", _options("method"))
+def test_every_method_config_instantiates(method: str) -> None:
+    cfg = compose_config(f"method={method}")
+    obj = instantiate(cfg.method, _convert_="all")
+    assert isinstance(obj, Method)
+    assert obj.name == method
+
+
+@pytest.mark.parametrize("logger", _options("logger"))
+def test_every_logger_config_composes(logger: str) -> None:
+    cfg = compose_config(f"logger={logger}")
+    validate(cfg)
+
+
+def test_optimizer_and_schedule_follow_the_config() -> None:
+    cfg = compose_config("optimizer.lr=0.2", "optimizer.momentum=0.9", "optimizer.nesterov=true",
+                         "optimizer.weight_decay=0.01", "dataset.milestones=[2,4]", "dataset.lr_gamma=0.5")
+    net = torch.nn.Linear(2, 1)
+    opt, sched = _build_optimizer(cfg, list(net.parameters()))
+    group = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.SGD)
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.2, 0.9, True, 0.01)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.2, 0.2, 0.1, 0.1, 0.05])
+
+
+def test_unknown_key_is_rejected_with_its_name() -> None:
+    with pytest.raises(ConfigCompositionException, match="lrr"):
+        compose_config("optimizer.lrr=0.1")
+    with pytest.raises(ConfigCompositionException, match="not_a_key"):
+        compose_config("not_a_key=1")
+
+
+def test_wrong_type_is_rejected_with_its_name() -> None:
+    with pytest.raises(ConfigCompositionException, match="optimizer.lr"):
+        compose_config("optimizer.lr=abc")
+    with pytest.raises(ConfigCompositionException, match="dataset.steps"):
+        compose_config("dataset.steps=1.5x")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("optimizer.lr=-1", "optimizer.lr"), ("optimizer.lr=0", "optimizer.lr"),
+     ("dataset.steps=0", "dataset.steps"), ("dataset.batch_size=-4", "dataset.batch_size"),
+     ("logger.mode=sometimes", "logger.mode"), ("optimizer.nesterov=true", "optimizer.nesterov")],
+)
+def test_unusable_values_are_refused_before_compute(override: str, key: str, job_dir: Path) -> None:
+    cfg = tiny(override)
+    with pytest.raises(ConfigError, match=key):
+        run(cfg, out_dir=job_dir)
+    import json
+
+    result = json.loads((job_dir / "result.json").read_text())
+    assert result["status"] == "failed"
+    assert key in result["error"]
+    assert not (job_dir / "metrics.jsonl").exists()  # refused before any training
+
+
+def test_cli_reports_bad_values_in_one_line(tmp_path: Path) -> None:
+    proc = run_main(["optimizer.lr=-1", "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "optimizer.lr must be positive, got -1.0" in proc.stderr
+    proc = run_main(["optimizer.lrr=1", "logger=none"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "optimizer.lrr" in proc.stderr
+
+
+def test_data_is_loaded_as_device_tensors() -> None:
+    cfg = compose_config()
+    data = load_data(cfg.dataset, torch.device("cpu"))
+    assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.long
+
