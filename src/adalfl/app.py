@@ -82,27 +82,10 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
         record["device"] = str(device)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        seed_everything(int(cfg.seed))
-        data = load_data(cfg.dataset, device)
-        build_model = partial(_build_model, cfg, device)
-        model = build_model()  # built before any offline phase: every method starts from the same theta_0
         wandb = WandbLogger(cfg, out_dir)
         tracker = Tracker(out_dir, wandb)
+        job, model = build_job(cfg, out_dir, device, tracker, timer)
         method: Method = instantiate(cfg.method, _convert_="all")
-        job = Job(
-            cfg=cfg,
-            out_dir=out_dir,
-            device=device,
-            task=task,
-            data=data,
-            tracker=tracker,
-            build_model=build_model,
-            build_optimizer=partial(_build_optimizer, cfg),
-            train_batches=BatchSampler(data.train, int(cfg.dataset.batch_size), seed=int(cfg.seed)),
-            val_batches=BatchSampler(data.val, int(cfg.dataset.batch_size), seed=int(cfg.seed) + 1_000_003),
-            timer=timer,
-            log=log,
-        )
         progress = fit(job, model, method)
         curves = learning_curves(tracker, task.metric_name, out_dir / "learning_curves.png", job.title)
         tracker.image("plots/learning_curves", curves, "train", progress.step)
@@ -132,6 +115,31 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
         record["test_metric"], record["best_val_metric"], record["wall_time_s"]["total"], out_dir,
     )
     return float(record["test_metric"])
+
+
+def build_job(
+    cfg: DictConfig, out_dir: Path, device: torch.device, tracker: Tracker, timer: PhaseTimer | None = None
+) -> tuple[Job, nn.Module]:
+    """Seed, load the data and build the job's model (theta_0) and shared services."""
+    seed_everything(int(cfg.seed))
+    data = load_data(cfg.dataset, device)
+    build_model = partial(_build_model, cfg, device)
+    model = build_model()  # built before any offline phase: every method starts from the same theta_0
+    job = Job(
+        cfg=cfg,
+        out_dir=out_dir,
+        device=device,
+        task=Task(str(cfg.dataset.task), int(cfg.dataset.num_outputs)),
+        data=data,
+        tracker=tracker,
+        build_model=build_model,
+        build_optimizer=partial(_build_optimizer, cfg),
+        train_batches=BatchSampler(data.train, int(cfg.dataset.batch_size), seed=int(cfg.seed)),
+        val_batches=BatchSampler(data.val, int(cfg.dataset.batch_size), seed=int(cfg.seed) + 1_000_003),
+        timer=timer or PhaseTimer(),
+        log=log,
+    )
+    return job, model
 
 
 def _build_model(cfg: DictConfig, device: torch.device) -> nn.Module:

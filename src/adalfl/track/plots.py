@@ -33,3 +33,33 @@ def learning_curves(tracker: Tracker, metric_name: str, path: Path, title: str) 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def learned_loss(
+    snapshots: list[dict], classification: bool, path: Path, title: str
+) -> Path:
+    """l_phi over the prediction, one line per snapshot (colour = training step).
+
+    Classification: over the predicted probability, for target 1 (solid) and target 0 (dashed).
+    Regression: over the residual prediction - target, at target 0.
+    Each snapshot is ``{"step", "x", "target_1", "target_0"}`` (regression uses only ``target_0``).
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    last = max((s["step"] for s in snapshots), default=0) or 1
+    for snap in snapshots:
+        colour = cmap(snap["step"] / last)
+        if classification:
+            ax.plot(snap["x"], snap["target_1"], color=colour, label=f"step {snap['step']}, y=1")
+            ax.plot(snap["x"], snap["target_0"], color=colour, linestyle="--", label=f"step {snap['step']}, y=0")
+        else:
+            ax.plot(snap["x"], snap["target_0"], color=colour, label=f"step {snap['step']}")
+    ax.set_xlabel("predicted probability" if classification else "residual (prediction - target)")
+    ax.set_ylabel("learned loss l(prediction, target)")
+    if len(snapshots) <= 6:
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

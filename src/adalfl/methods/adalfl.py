@@ -1,0 +1,92 @@
+"""AdaLFL: a loss network initialised offline (Algorithm 1) and adapted online, one meta step
+after every base step, for the whole run (Algorithm 2)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from adalfl.config import ConfigError, MethodConfig
+from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
+from adalfl.meta import make_engine
+from adalfl.methods.base import Method, Moment
+from adalfl.methods.learned_loss import LossNetConfig, LossWatcher, build_loss
+from adalfl.methods.metalearning import OnlineMetaStep, offline_meta_training
+from adalfl.train.job import Job
+
+
+@dataclass
+class AdaLFLMetaConfig:
+    backend: str = "func"  # func (torch.func, default) | higher
+    init_steps: int = 2500  # S_init, Algorithm 1
+    init_lr: float = 1e-3  # Adam, offline
+    online_lr: float = 1e-5  # Adam, online (eta)
+
+
+@dataclass
+class AdaLFLConfig(MethodConfig):
+    _target_: str = "adalfl.methods.adalfl.AdaLFL"
+    name: str = "adalfl"
+    loss: LossNetConfig = field(default_factory=LossNetConfig)
+    meta: AdaLFLMetaConfig = field(default_factory=AdaLFLMetaConfig)
+    plot_every: int = 0  # base steps between learned-loss plots (0: at the start and the end only)
+
+
+CONFIG_SCHEMA = AdaLFLConfig
+
+
+class AdaLFL(Method):
+    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0) -> None:
+        super().__init__(name)
+        self.loss_cfg = LossNetConfig(**loss)
+        self.meta_cfg = AdaLFLMetaConfig(**meta)
+        if self.meta_cfg.init_steps < 0:
+            raise ConfigError(f"method.meta.init_steps must be >= 0, got {self.meta_cfg.init_steps}")
+        if self.meta_cfg.init_lr < 0 or self.meta_cfg.online_lr < 0:
+            raise ConfigError("method.meta.init_lr and method.meta.online_lr must be >= 0")
+        self.engine = make_engine(self.meta_cfg.backend)
+        self.watcher = LossWatcher(plot_every)
+        self.loss: OutputWiseLoss | None = None
+        self.online: OnlineMetaStep | None = None
+
+    def setup(self, job: Job, model: nn.Module) -> None:
+        pointwise = PointwiseNetwork(
+            hidden=self.loss_cfg.hidden,
+            activation=self.loss_cfg.activation,
+            output_activation=self.loss_cfg.output_activation,
+            beta=self.loss_cfg.beta,
+            gamma=self.loss_cfg.gamma,
+            init=self.loss_cfg.init,
+        )
+        self.loss = build_loss(job.task, pointwise, job.device)
+        self.online = OnlineMetaStep(self.engine, list(self.loss.parameters()), self.meta_cfg.online_lr)
+        # The base optimiser is stepped through the engine, never through optimizer.step(), which
+        # the schedule's first step() would otherwise warn about.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+
+    def offline(self, job: Job, model: nn.Module) -> None:
+        assert self.loss is not None
+        offline_meta_training(
+            job, self.engine, list(self.loss.parameters()), self.loss, self.meta_cfg.init_steps, self.meta_cfg.init_lr
+        )
+
+    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        assert self.online is not None and self.loss is not None
+        return self.online(job, model, optimizer, self.loss)
+
+    def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
+        assert self.loss is not None
+        self.watcher.observe(job, self.loss, step, moment)
+
+    def state_dict(self) -> dict:
+        assert self.loss is not None and self.online is not None
+        return {"loss": self.loss.state_dict(), "online": self.online.state_dict(), "watcher": self.watcher.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        assert self.loss is not None and self.online is not None
+        self.loss.load_state_dict(state["loss"])
+        self.online.load_state_dict(state["online"])
+        self.watcher.load_state_dict(state["watcher"])

@@ -1,0 +1,134 @@
+"""The two meta-learning procedures the methods share.
+
+* ``offline_meta_training``: Algorithms 1 and 3. Each step draws a fresh base model, takes one
+  differentiable base step on a training batch, scores the result on a validation batch with the
+  task loss, and updates the meta parameters with Adam.
+* ``OnlineMetaStep``: Algorithms 2 and 4. One look-ahead base step on a training batch, the task
+  loss at theta_{t+1} on a validation batch, an Adam step on the meta parameters, and theta_{t+1}
+  written back as the base update (the base step is never computed twice).
+
+The meta parameters are whatever ``loss_fn`` / ``lr_fn`` close over: the loss network's phi
+(AdaLFL, ML3, TaylorGLO by gradient) or a log learning rate (meta-learned learning rate).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from adalfl.meta.engine import LossFn, MetaEngine, MetaStep
+from adalfl.models import reset_parameters
+from adalfl.train.job import Job
+
+LrFn = Callable[[], torch.Tensor]
+
+
+def total_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach()) for t in tensors]))
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def meta_step(
+    engine: MetaEngine,
+    job: Job,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    meta_params: Sequence[torch.Tensor],
+    lr_fn: Optional[LrFn] = None,
+) -> MetaStep:
+    """One look-ahead base step on a training batch, scored on a validation batch."""
+    lr = lr_fn() if lr_fn is not None else None
+    return engine.step(
+        model, optimizer, loss_fn, meta_params, job.train_batch(), job.val_batch(), job.task.loss,
+        lr=lr, loss_has_meta_params=lr_fn is None,
+    )
+
+
+def apply_meta_gradient(meta_optimizer: torch.optim.Optimizer, meta_params: Sequence[torch.Tensor],
+                        grads: Sequence[torch.Tensor]) -> bool:
+    """Adam step on the meta parameters; a non-finite meta-gradient skips it (returns False)."""
+    if not all_finite(grads):
+        return False
+    for param, grad in zip(meta_params, grads):
+        param.grad = grad
+    meta_optimizer.step()
+    return True
+
+
+def offline_meta_training(
+    job: Job,
+    engine: MetaEngine,
+    meta_params: Sequence[torch.Tensor],
+    loss_fn: LossFn,
+    steps: int,
+    adam_lr: float,
+    lr_fn: Optional[LrFn] = None,
+    extra_scalars: Optional[Callable[[], dict[str, torch.Tensor]]] = None,
+) -> int:
+    """Algorithm 1 (loss) / 3 (learning rate). Returns the number of skipped non-finite steps."""
+    if steps <= 0:
+        return 0
+    meta_optimizer = torch.optim.Adam(meta_params, lr=adam_lr)
+    scratch = job.build_model()  # the job's own theta_0 stays untouched by the offline phase
+    scratch.train()
+    log_every = int(job.cfg.dataset.log_interval)
+    skipped = 0
+    for step in range(1, steps + 1):
+        reset_parameters(scratch)
+        optimizer, _ = job.build_optimizer(list(scratch.parameters()))  # fresh state: no momentum yet
+        result = meta_step(engine, job, scratch, optimizer, loss_fn, meta_params, lr_fn)
+        if not apply_meta_gradient(meta_optimizer, meta_params, result.meta_grads):
+            skipped += 1
+        if step % log_every == 0 or step == steps:
+            scalars = {"offline/meta_loss": result.meta_loss, "offline/base_loss": result.base_loss,
+                       "offline/meta_grad_norm": total_norm(result.meta_grads), "offline/skipped_meta_steps": skipped}
+            if extra_scalars is not None:
+                scalars.update(extra_scalars())
+            job.tracker.log("offline", step, scalars)
+    if skipped:
+        job.log.warning("offline phase: %d of %d meta steps skipped (non-finite meta-gradient)", skipped, steps)
+    return skipped
+
+
+class OnlineMetaStep:
+    """Algorithm 2 / 4: the base step and the meta step of one training iteration."""
+
+    def __init__(self, engine: MetaEngine, meta_params: Sequence[torch.Tensor], adam_lr: float) -> None:
+        self.engine = engine
+        self.meta_params = list(meta_params)
+        self.meta_optimizer = torch.optim.Adam(self.meta_params, lr=adam_lr)
+        self.skipped = 0
+
+    def __call__(
+        self,
+        job: Job,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        lr_fn: Optional[LrFn] = None,
+    ) -> dict[str, torch.Tensor]:
+        result = meta_step(self.engine, job, model, optimizer, loss_fn, self.meta_params, lr_fn)
+        if not apply_meta_gradient(self.meta_optimizer, self.meta_params, result.meta_grads):
+            self.skipped += 1  # this meta step is dropped; the base step below still happens
+        self.engine.commit(model, optimizer, result)
+        return {
+            "train/base_loss": result.base_loss,
+            "train/task_loss": job.task.loss(result.output, result.target),
+            "train/base_grad_norm": total_norm(result.base_grads),
+            "meta/val_task_loss": result.meta_loss,
+            "meta/grad_norm": total_norm(result.meta_grads),
+            "meta/skipped_steps": torch.tensor(float(self.skipped)),
+        }
+
+    def state_dict(self) -> dict:
+        return {"meta_optimizer": self.meta_optimizer.state_dict(), "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.skipped = int(state["skipped"])

@@ -1,0 +1,167 @@
+"""The meta-gradient engines: exact (finite differences), mutually consistent, faithful to
+torch.optim.SGD, and harmless to BatchNorm statistics."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from adalfl.losses import Task
+from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
+from adalfl.meta import make_engine
+from adalfl.meta.sgd import SGDHyper, sgd_update
+
+TASK = Task("classification", 3)
+SGD_KW = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+
+
+def _setup(batch_norm: bool = False, dtype: torch.dtype = torch.float64, seed: int = 0):
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(4, 6)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(6))
+    layers += [nn.Tanh(), nn.Linear(6, 3)]
+    model = nn.Sequential(*layers).to(dtype)
+    loss = OutputWiseLoss(TASK, PointwiseNetwork(hidden=(8, 8))).to(dtype)
+    x, y = torch.randn(16, 4, dtype=dtype), torch.randint(0, 3, (16,))
+    xv, yv = torch.randn(12, 4, dtype=dtype), torch.randint(0, 3, (12,))
+    optimizer = torch.optim.SGD(model.parameters(), **SGD_KW)
+    # one real step first, so the look-ahead starts from non-empty momentum buffers
+    optimizer.zero_grad()
+    TASK.loss(model(xv), yv).backward()
+    optimizer.step()
+    return model, loss, optimizer, (x, y), (xv, yv)
+
+
+def _val_loss_after_real_sgd_step(model, optimizer, loss_fn, train, val, lr=None) -> float:  # noqa: ANN001
+    """L_T at theta_{t+1}, where theta_{t+1} comes from torch.optim.SGD itself on copies."""
+    model = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), **SGD_KW)
+    opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # load_state_dict would share the buffers
+    if lr is not None:
+        opt.param_groups[0]["lr"] = lr
+    opt.zero_grad()
+    loss_fn(model(train[0]), train[1]).backward()
+    opt.step()
+    with torch.no_grad():
+        return float(TASK.loss(model(val[0]), val[1]))
+
+
+@pytest.mark.parametrize("backend", ["func", "higher"])
+def test_loss_meta_gradient_matches_central_finite_differences(backend: str) -> None:
+    model, loss, optimizer, train, val = _setup()
+    phi = list(loss.parameters())
+    step = make_engine(backend).step(model, optimizer, loss, phi, train, val, TASK.loss)
+    eps = 1e-6
+    for param, grad in zip(phi, step.meta_grads):
+        flat, gflat = param.data.view(-1), grad.view(-1)
+        for i in range(0, flat.numel(), max(1, flat.numel() // 7)):  # a spread of coordinates
+            original = flat[i].item()
+            flat[i] = original + eps
+            up = _val_loss_after_real_sgd_step(model, optimizer, loss, train, val)
+            flat[i] = original - eps
+            down = _val_loss_after_real_sgd_step(model, optimizer, loss, train, val)
+            flat[i] = original
+            fd = (up - down) / (2 * eps)
+            assert gflat[i].item() == pytest.approx(fd, rel=1e-5, abs=1e-9), (param.shape, i)
+    assert any(g.abs().sum() > 0 for g in step.meta_grads)
+
+
+@pytest.mark.parametrize("backend", ["func", "higher"])
+def test_learning_rate_meta_gradient_matches_finite_differences(backend: str) -> None:
+    model, _, optimizer, train, val = _setup()
+    log_lr = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+    step = make_engine(backend).step(
+        model, optimizer, TASK.loss, [log_lr], train, val, TASK.loss, lr=log_lr.exp(), loss_has_meta_params=False
+    )
+    eps = 1e-6
+    up = _val_loss_after_real_sgd_step(model, optimizer, TASK.loss, train, val, lr=math.exp(-2.0 + eps))
+    down = _val_loss_after_real_sgd_step(model, optimizer, TASK.loss, train, val, lr=math.exp(-2.0 - eps))
+    assert step.meta_grads[0].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5)
+
+
+def test_backends_agree_on_a_batchnorm_model_with_momentum() -> None:
+    results = {}
+    for backend in ("func", "higher"):
+        model, loss, optimizer, train, val = _setup(batch_norm=True)
+        step = make_engine(backend).step(model, optimizer, loss, list(loss.parameters()), train, val, TASK.loss)
+        results[backend] = (step, dict(model.named_buffers()))
+    func, higher = results["func"][0], results["higher"][0]
+    for a, b in zip(func.meta_grads, higher.meta_grads):
+        assert torch.linalg.vector_norm(a - b) <= 1e-6 * torch.linalg.vector_norm(b)
+    for a, b in zip(func.params, higher.params):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(func.buffers, higher.buffers):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert func.meta_loss.item() == pytest.approx(higher.meta_loss.item(), rel=1e-12)
+    for name, buf in results["func"][1].items():
+        torch.testing.assert_close(buf, results["higher"][1][name])
+
+
+@pytest.mark.parametrize("backend", ["func", "higher"])
+def test_batchnorm_statistics_move_only_with_the_base_step(backend: str) -> None:
+    model, loss, optimizer, train, val = _setup(batch_norm=True, dtype=torch.float32)
+    reference = copy.deepcopy(model)
+    reference(train[0])  # what one plain training forward does to the statistics
+    make_engine(backend).step(model, optimizer, loss, list(loss.parameters()), train, val, TASK.loss)
+    bn, ref_bn = model[1], reference[1]
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean)
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var)
+    assert int(bn.num_batches_tracked) == int(ref_bn.num_batches_tracked) == 2
+
+
+@pytest.mark.parametrize("backend", ["func", "higher"])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_frozen_loss_lookahead_reproduces_torch_sgd(backend: str, nesterov: bool) -> None:
+    """Twenty committed look-ahead steps equal twenty torch.optim.SGD steps (schedule included)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    loss = OutputWiseLoss(TASK, PointwiseNetwork())
+    twin = copy.deepcopy(model)
+    kw = dict(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=5e-4)
+    opt_a, opt_b = torch.optim.SGD(model.parameters(), **kw), torch.optim.SGD(twin.parameters(), **kw)
+    sched_a = torch.optim.lr_scheduler.MultiStepLR(opt_a, milestones=[5, 12], gamma=0.3)
+    sched_b = torch.optim.lr_scheduler.MultiStepLR(opt_b, milestones=[5, 12], gamma=0.3)
+    engine = make_engine(backend)
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+    for _ in range(20):
+        x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        step = engine.step(model, opt_a, loss, list(loss.parameters()), (x, y), (x[:8], y[:8]), TASK.loss)
+        engine.commit(model, opt_a, step)
+        opt_b.zero_grad()
+        loss(twin(x), y).backward()
+        opt_b.step()
+        sched_a.step()
+        sched_b.step()
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for p_a, p_b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(opt_a.state[p_a]["momentum_buffer"], opt_b.state[p_b]["momentum_buffer"], rtol=1e-5, atol=1e-6)
+
+
+def test_sgd_update_is_torch_sgd_bit_for_bit() -> None:
+    torch.manual_seed(2)
+    params = [torch.randn(5, 3), torch.randn(3)]
+    real = [p.clone().requires_grad_() for p in params]
+    opt = torch.optim.SGD(real, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)
+    buffers: list = [None, None]
+    current = [p.clone() for p in params]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for p, g in zip(real, grads):
+            p.grad = g.clone()
+        opt.step()
+        update = sgd_update(current, grads, buffers, SGDHyper.from_optimizer(opt))
+        current, buffers = update.params, update.buffers
+        for a, b in zip(current, real):
+            assert torch.equal(a, b.detach())
+
+
+def test_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="method.meta.backend"):
+        make_engine("jax")
