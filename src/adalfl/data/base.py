@@ -68,4 +68,8 @@ def load_data(cfg: DictConfig, device: torch.device) -> Data:
     data: Data = loader(cfg)
     if data.task != cfg.task:
         raise ValueError(f"loader {cfg.loader} returned a {data.task} dataset, config says {cfg.task}")
+    # A model is sized from the config's input_shape: catch a mismatch here, not deep in a forward.
+    shape = list(data.train.x.shape[1:])
+    if shape != list(cfg.input_shape):
+        raise ValueError(f"loader {cfg.loader} returned inputs of shape {shape}, config says input_shape {list(cfg.input_shape)}")
     return data.to(device)
