@@ -97,7 +97,7 @@ def from_images(
     labels = np.unique(np.concatenate([y_train, y_test]))
     if labels.min() < 0 or labels.max() >= cfg.num_outputs:
         raise ValueError(f"{cfg.name}: labels span {labels.min()}..{labels.max()}, num_outputs is {cfg.num_outputs}")
-    keep, held = holdout(np.arange(len(y_train)), y_train, cfg.val_fraction, cfg.split_seed, stratify=True)
+    keep, held, _, _ = holdout(np.arange(len(y_train)), y_train, cfg.val_fraction, cfg.split_seed, stratify=True)
     keep.sort()
     held.sort()
     train = Split(torch.from_numpy(np.ascontiguousarray(x_train[keep])), torch.from_numpy(y_train[keep]).long())
