@@ -25,7 +25,7 @@ from torchvision import datasets
 from adalfl.app import run
 from adalfl.config import register_configs, validate
 from adalfl.data import DataNotFoundError, load_data
-from adalfl.data.images import ImageTransform, random_crop
+from adalfl.data.images import ImageTransform, random_crop_flip
 from adalfl.data.tabular import read_communities
 from adalfl.sweep.resolvers import register_resolvers
 
@@ -365,17 +365,23 @@ def test_data_root_comes_from_the_environment(tmp_path: Path, monkeypatch: pytes
 # ----------------------------------------------------------------------------- transforms and configs
 
 
-def test_random_crop_cuts_a_window_of_the_padded_image() -> None:
+@pytest.mark.parametrize("flip", [False, True])
+def test_random_crop_cuts_a_window_of_the_padded_image(flip: bool) -> None:
     torch.manual_seed(0)
-    x = torch.rand(16, 3, 8, 8)
-    out = random_crop(x, 2)
+    x = torch.rand(32, 3, 8, 8)
+    out = random_crop_flip(x, 2, flip)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    offsets = set()
+    offsets, mirrors = set(), 0
     for i in range(len(x)):
-        found = [(t, l) for t in range(5) for l in range(5) if torch.equal(out[i], padded[i, :, t : t + 8, l : l + 8])]
-        assert found, f"image {i} is not a window of its padded input"
-        offsets.add(found[0])
-    assert len(offsets) > 3  # the window differs between images
+        found = [
+            (t, l, m) for t in range(5) for l in range(5) for m in (False, True)
+            if torch.equal(out[i].flip(2) if m else out[i], padded[i, :, t : t + 8, l : l + 8])
+        ]
+        assert found, f"image {i} is not a (mirrored) window of its padded input"
+        offsets.add(found[0][:2])
+        mirrors += found[0][2] and not any(not m for *_, m in found)
+    assert len(offsets) > 5  # the window differs between images
+    assert (mirrors > 4) if flip else (mirrors == 0)
 
 
 def test_flip_mirrors_about_half_of_the_images() -> None:

@@ -39,33 +39,41 @@ class ImageTransform:
         unknown = sorted(set(augment) - set(AUGMENTATIONS))
         if unknown:
             raise ValueError(f"dataset.augment: unknown {unknown}; choose from {list(AUGMENTATIONS)}")
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add on the raw values
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
         self.crop = "crop" in augment
         self.flip = "flip" in augment
 
     def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        x = x.float().div_(255.0)
-        if training and self.crop:
-            x = random_crop(x, CROP_PADDING)
-        if training and self.flip:
-            flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
-            x = torch.where(flip, x.flip(3), x)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return x.sub_(mean).div_(std)
+        x = x.float()
+        if training and (self.crop or self.flip):
+            x = random_crop_flip(x, CROP_PADDING if self.crop else 0, self.flip)
+        return torch.addcmul(self.shift.to(x.device), x, self.scale.to(x.device))
 
 
-def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
-    """A random HxW window of each zero-padded image, all images at once (one gather, no loop)."""
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
+    """A random HxW window of each zero-padded image, mirrored with probability 1/2 if ``flip``.
+
+    All images at once with two gathers (rows, then columns); the mirror is folded into the
+    column indices, so it costs nothing extra. About twice as fast on a CPU as one 4-D index.
+    """
     n, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
-    top = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
-    left = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
-    rows = (top + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (left + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[batch, channel, rows, cols]
+    device = x.device
+    if padding > 0:
+        x = F.pad(x, (padding, padding, padding, padding))
+        top = torch.randint(0, 2 * padding + 1, (n, 1, 1, 1), device=device)
+        rows = top + torch.arange(h, device=device).view(1, 1, h, 1)
+        x = x.gather(2, rows.expand(n, c, h, w + 2 * padding))
+    cols = torch.arange(w, device=device).view(1, 1, 1, w).expand(n, 1, 1, w)
+    if flip:
+        mirrored = torch.rand(n, 1, 1, 1, device=device) < 0.5
+        cols = torch.where(mirrored, w - 1 - cols, cols)
+    if padding > 0:
+        cols = cols + torch.randint(0, 2 * padding + 1, (n, 1, 1, 1), device=device)
+    return x.gather(3, cols.expand(n, c, h, w))
 
 
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
