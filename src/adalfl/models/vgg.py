@@ -21,7 +21,9 @@ VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 class VGG16(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_outputs: int, batch_norm: bool = True) -> None:
         super().__init__()
-        c, _, _ = image_shape(input_shape, "VGG16")
+        c, h, w = image_shape(input_shape, "VGG16")
+        if min(h, w) < 32:
+            raise ValueError(f"VGG16 pools five times and needs inputs of at least 32x32, got input_shape {list(input_shape)}")
         layers: list[nn.Module] = []
         for item in VGG16_LAYERS:
             if item == "M":
