@@ -30,7 +30,9 @@ class DatasetConfig:
     task: str = MISSING  # "classification" or "regression"
     input_shape: List[int] = MISSING
     num_outputs: int = MISSING
-    root: Optional[str] = None  # data folder, for datasets read from disk
+    # Data folder of the datasets read from disk, laid out as torchvision / scikit-learn lay it out.
+    # Relative paths are taken from the working directory; $ADALFL_DATA_ROOT overrides the default.
+    root: str = "${oc.env:ADALFL_DATA_ROOT,data}"
     download: bool = False
     val_fraction: float = 0.1
     test_fraction: Optional[float] = None  # only for sets without an official test partition

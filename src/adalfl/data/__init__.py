@@ -1,0 +1,7 @@
+"""Datasets as device-resident tensors, their splits, and index-based batch sampling."""
+
+from adalfl.data.base import Batch, Data, Split, load_data
+from adalfl.data.files import DataNotFoundError
+from adalfl.data.sampler import BatchSampler
+
+__all__ = ["Batch", "BatchSampler", "Data", "DataNotFoundError", "Split", "load_data"]

@@ -1,0 +1,40 @@
+"""Helpers shared by the convolutional models.
+
+Every model uses PyTorch's default layer initialisation and no custom init: meta-learning draws
+fresh initialisations with ``adalfl.models.reset_parameters`` (each layer's own
+``reset_parameters``), and a model built from scratch must come from that same distribution.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def image_shape(input_shape: Sequence[int], model: str) -> tuple[int, int, int]:
+    """(channels, height, width) of a dataset's input_shape; a clear error for tabular shapes."""
+    if len(input_shape) != 3:
+        raise ValueError(f"{model} needs image inputs (C, H, W), the dataset's input_shape is {list(input_shape)}")
+    c, h, w = (int(v) for v in input_shape)
+    return c, h, w
+
+
+@torch.no_grad()
+def features_out(net: nn.Module, input_shape: Sequence[int]) -> int:
+    """Size of ``net``'s flattened output for one input: sizes a classifier for any image size."""
+    was_training = net.training
+    net.eval()  # BatchNorm must not count this dummy batch in its running statistics
+    size = net(torch.zeros(1, *input_shape)).flatten(1).shape[1]
+    net.train(was_training)
+    return int(size)
+
+
+def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: int = 1, batch_norm: bool = True) -> list[nn.Module]:
+    """Conv (no bias when a BatchNorm follows) [+ BatchNorm] + ReLU."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.ReLU(inplace=True))
+    return layers

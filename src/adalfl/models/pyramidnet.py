@@ -1,0 +1,64 @@
+"""PyramidNet (Han et al. 2017), additive, with basic blocks, for 32x32 images.
+
+Instead of doubling at each stage, the width grows by alpha / N at every one of the N blocks,
+from 16 to 16 + alpha. Blocks are BN-conv3x3-BN-ReLU-conv3x3-BN; the shortcut is the identity
+(2x2 average pooled when the block downsamples) with zero channels appended, so no parameters.
+depth = 6n + 2 with n blocks per stage; PyramidNet-110 (alpha 48) has 1.7M parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adalfl.models.common import image_shape
+
+
+class PyramidBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.stride = stride
+        self.extra_channels = c_out - c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.bn1(x))
+        out = self.bn3(self.conv2(torch.relu(self.bn2(out))))
+        skip = F.avg_pool2d(x, 2) if self.stride != 1 else x
+        if self.extra_channels > 0:
+            skip = F.pad(skip, (0, 0, 0, 0, 0, self.extra_channels))  # zero channels appended
+        return out + skip
+
+
+class PyramidNet(nn.Module):
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, depth: int = 110, alpha: int = 48) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"PyramidNet depth must be 6n + 2 (110, 164, ...), got {depth}")
+        n = (depth - 2) // 6
+        c, _, _ = image_shape(input_shape, "PyramidNet")
+        self.stem = nn.Sequential(nn.Conv2d(c, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
+        blocks: list[nn.Module] = []
+        width = 16.0
+        c_in = 16
+        for stage in range(3):
+            for i in range(n):
+                width += alpha / (3 * n)
+                c_out = int(round(width))
+                blocks.append(PyramidBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(c_in)
+        self.head = nn.Linear(c_in, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.stem(x))
+        out = torch.relu(self.bn(out)).mean(dim=(2, 3))
+        return self.head(out)

@@ -1,0 +1,84 @@
+"""Residual networks: ResNet-18 (torchvision's definition, CIFAR stem) and the pre-activation
+ResNet of He et al. (2016b) in its CIFAR form."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from adalfl.models.common import image_shape
+from adalfl.models.simple import reset_parameters
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 with the usual 32x32 stem: a 3x3 stride-1 first conv and no max
+    pool (the ImageNet stem, 7x7 stride 2 + pool, would reduce a 32x32 image to 8x8 before the
+    first block). Stages, blocks and widths are torchvision's.
+
+    torchvision initialises convs with Kaiming-normal; the layers are re-drawn with their own
+    ``reset_parameters`` so a built model and a meta-learning re-initialisation share one distribution.
+    """
+
+    def __init__(self, input_shape: Sequence[int], num_outputs: int) -> None:
+        super().__init__()
+        c, _, _ = image_shape(input_shape, "ResNet18")
+        self.net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_outputs)
+        self.net.conv1 = nn.Conv2d(c, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.net.maxpool = nn.Identity()
+        reset_parameters(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the input; a 1x1 conv shortcut when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        # The projection shortcut sees the pre-activated input, as in He et al. (2016b).
+        skip = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + skip
+
+
+class PreResNet(nn.Module):
+    """Pre-activation ResNet for 32x32 images: depth = 6n + 2 (n blocks per stage, 3 stages of
+    16, 32 and 64 channels times ``width``), final BN-ReLU, global average pool, linear head."""
+
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, depth: int = 20, width: int = 1) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"PreResNet depth must be 6n + 2 (20, 32, 56, 110, ...), got {depth}")
+        n = (depth - 2) // 6
+        c, _, _ = image_shape(input_shape, "PreResNet")
+        widths = [16 * width, 32 * width, 64 * width]
+        self.stem = nn.Conv2d(c, 16, 3, 1, 1, bias=False)
+        blocks: list[nn.Module] = []
+        c_in = 16
+        for stage, c_out in enumerate(widths):
+            for i in range(n):
+                blocks.append(PreActBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(c_in)
+        self.head = nn.Linear(c_in, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.stem(x))
+        out = torch.relu(self.bn(out)).mean(dim=(2, 3))
+        return self.head(out)

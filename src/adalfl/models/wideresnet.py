@@ -1,0 +1,78 @@
+"""Wide residual networks (Zagoruyko & Komodakis 2016), WRN-d-k for 32x32 images.
+
+torchvision's wide_resnet50_2 is an ImageNet bottleneck network; the CIFAR/SVHN WRNs of the
+paper (WRN-16-8 on SVHN, WRN-28-10 on CIFAR-100) are the pre-activation basic-block form:
+depth = 6n + 4, three stages of 16k, 32k and 64k channels, optional dropout between the two
+convs of a block.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adalfl.models.common import image_shape
+
+
+class WideBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.dropout = dropout
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = torch.relu(self.bn2(out))
+        if self.dropout > 0:
+            out = F.dropout(out, self.dropout, self.training)
+        return self.conv2(out) + skip
+
+
+class WideResNet(nn.Module):
+    def __init__(
+        self, input_shape: Sequence[int], num_outputs: int, depth: int = 28, widen_factor: int = 10, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if (depth - 4) % 6 != 0 or depth < 10:
+            raise ValueError(f"WideResNet depth must be 6n + 4 (10, 16, 22, 28, 40, ...), got {depth}")
+        n = (depth - 4) // 6
+        c, _, _ = image_shape(input_shape, "WideResNet")
+        self.stem = nn.Conv2d(c, 16, 3, 1, 1, bias=False)
+        blocks: list[nn.Module] = []
+        c_in = 16
+        for stage, base in enumerate((16, 32, 64)):
+            c_out = base * widen_factor
+            for i in range(n):
+                blocks.append(WideBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1, dropout=dropout))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(c_in)
+        self.head = nn.Linear(c_in, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.stem(x))
+        out = torch.relu(self.bn(out)).mean(dim=(2, 3))
+        return self.head(out)
+
+
+# Named constructors, so that the model name in folders and tables (the _target_'s last part)
+# tells WRN-16-8 from WRN-28-10.
+def wrn16_8(input_shape: Sequence[int], num_outputs: int, dropout: float = 0.0) -> WideResNet:
+    """WRN-16-8 (the paper's SVHN network): 11M parameters."""
+    return WideResNet(input_shape, num_outputs, depth=16, widen_factor=8, dropout=dropout)
+
+
+def wrn28_10(input_shape: Sequence[int], num_outputs: int, dropout: float = 0.0) -> WideResNet:
+    """WRN-28-10 (the paper's CIFAR-100 network): 36.5M parameters."""
+    return WideResNet(input_shape, num_outputs, depth=28, widen_factor=10, dropout=dropout)

@@ -1,0 +1,137 @@
+"""Every model config builds for its datasets' input shapes, runs forward and backward with the
+right output shape, re-initialises through ``reset_parameters``, and works under
+``torch.func.functional_call`` with a differentiable look-ahead step (what the meta engines need)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch import nn
+from torch.func import functional_call
+
+from adalfl.app import _build_model
+from adalfl.config import ConfigError, model_name, register_configs
+from adalfl.models import reset_parameters
+from adalfl.sweep.resolvers import register_resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+CPU = torch.device("cpu")
+
+register_configs()
+register_resolvers()
+
+# Each model on the datasets the paper pairs it with (composing needs no data on disk).
+PAIRS = [
+    ("linear", "mnist"), ("linear", "california_housing"), ("mlp", "mnist"), ("mlp", "communities_crime"),
+    ("lenet5", "mnist"), ("smallcnn", "mnist"), ("smallcnn", "cifar10"),
+    ("alexnet", "cifar10"), ("vgg16", "cifar10"), ("allcnnc", "cifar10"), ("resnet18", "cifar10"),
+    ("squeezenet", "cifar10"), ("preresnet", "cifar100"), ("wrn28_10", "cifar100"), ("pyramidnet", "cifar100"),
+    ("wrn16_8", "svhn"),
+]
+# Double backward through convolutions takes seconds on a 2-core CPU: only these run by default.
+CHEAP_SECOND_ORDER = {"linear", "mlp", "lenet5", "smallcnn", "preresnet"}
+IMAGE_MODELS = sorted(
+    {p.stem for p in (CONF / "model").glob("*.yaml")} - {"linear", "mlp"}
+)
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def build(model: str, dataset: str) -> tuple[nn.Module, DictConfig]:
+    cfg = compose_config(f"model={model}", f"dataset={dataset}", "logger=none")
+    torch.manual_seed(0)
+    return _build_model(cfg, CPU), cfg
+
+
+def test_every_model_config_is_paired_with_a_dataset() -> None:
+    assert {p.stem for p in (CONF / "model").glob("*.yaml")} == {m for m, _ in PAIRS}
+
+
+@pytest.mark.parametrize("model,dataset", PAIRS)
+def test_forward_backward_shape(model: str, dataset: str) -> None:
+    net, cfg = build(model, dataset)
+    x = torch.randn(2, *cfg.dataset.input_shape)
+    out = net(x)
+    assert out.shape == (2, cfg.dataset.num_outputs)
+    out.square().mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"{model}: no finite gradient for {name}"
+    assert any(float(p.grad.abs().sum()) > 0 for p in net.parameters())
+
+
+@pytest.mark.parametrize("model,dataset", PAIRS)
+def test_reset_parameters_redraws_every_layer(model: str, dataset: str) -> None:
+    """Meta-learning draws fresh initialisations with reset_parameters: a parameter owned by a
+    module without its own reset_parameters would silently keep its value."""
+    net, _ = build(model, dataset)
+    for name, module in net.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            assert hasattr(module, "reset_parameters"), f"{model}.{name} ({type(module).__name__}) cannot be re-initialised"
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.manual_seed(1)
+    reset_parameters(net)
+    for name, p in net.named_parameters():
+        if p.dim() > 1:  # weights are redrawn; BatchNorm's 1/0 and zero biases legitimately repeat
+            assert not torch.equal(p, before[name]), f"{model}: {name} unchanged by reset_parameters"
+
+
+def _lookahead(net: nn.Module, cfg: DictConfig) -> torch.Tensor:
+    """One differentiable SGD step through functional_call, then a loss at the new parameters;
+    returns d(loss)/d(learning rate), which exists only if the second-order graph is intact."""
+    params = dict(net.named_parameters())
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    x, x_val = torch.randn(2, *cfg.dataset.input_shape), torch.randn(2, *cfg.dataset.input_shape)
+    lr = torch.tensor(0.01, requires_grad=True)
+    loss = functional_call(net, {**params, **buffers}, (x,)).square().mean()
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    new = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
+    meta_loss = functional_call(net, {**new, **buffers}, (x_val,)).square().mean()
+    (d_lr,) = torch.autograd.grad(meta_loss, lr)
+    return d_lr
+
+
+@pytest.mark.parametrize(
+    "model,dataset",
+    [(m, d) if m in CHEAP_SECOND_ORDER else pytest.param(m, d, marks=pytest.mark.slow) for m, d in PAIRS],
+)
+def test_functional_call_second_order_step(model: str, dataset: str) -> None:
+    net, cfg = build(model, dataset)
+    net.eval()  # dropout off, so the check is deterministic
+    x = torch.randn(2, *cfg.dataset.input_shape)
+    assert torch.allclose(functional_call(net, dict(net.named_parameters()), (x,)), net(x))
+    net.train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    d_lr = _lookahead(net, cfg)
+    assert torch.isfinite(d_lr) and float(d_lr) != 0.0
+    for k, v in net.state_dict().items():  # buffers were passed as copies: the model is untouched
+        assert torch.equal(v, state[k]), f"{model}: {k} changed by a functional look-ahead"
+
+
+@pytest.mark.parametrize("model", IMAGE_MODELS)
+def test_image_model_on_tabular_data_fails_with_the_shape(model: str) -> None:
+    cfg = compose_config(f"model={model}", "dataset=digits", "logger=none")
+    with pytest.raises(ConfigError, match=r"input_shape is \[64\]"):
+        _build_model(cfg, CPU)
+
+
+def test_model_names_tell_the_wide_resnets_apart() -> None:
+    names = {model_name(compose_config(f"model={m}", "dataset=cifar10")) for m in ("wrn16_8", "wrn28_10")}
+    assert names == {"wrn16_8", "wrn28_10"}
+
+
+def test_parameter_counts_match_the_published_sizes() -> None:
+    """Guards the architectures against silent changes (published sizes, 32x32, 10/100 classes)."""
+    expected = {("wrn28_10", "cifar100"): 36.5e6, ("wrn16_8", "svhn"): 11.0e6, ("resnet18", "cifar10"): 11.17e6,
+                ("pyramidnet", "cifar100"): 1.78e6, ("preresnet", "cifar100"): 0.28e6}
+    for (model, dataset), count in expected.items():
+        net, _ = build(model, dataset)
+        n = sum(p.numel() for p in net.parameters())
+        assert abs(n - count) / count < 0.02, f"{model}: {n} parameters, expected about {count:.3g}"
