@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -19,6 +20,8 @@ CONF = REPO / "conf"
 
 register_configs()
 register_resolvers()
+# The tests' models are tiny: one thread is faster, and immune to a busy second core.
+torch.set_num_threads(1)
 
 
 def compose_config(*overrides: str) -> DictConfig:

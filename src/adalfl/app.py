@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -85,7 +86,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
         wandb = WandbLogger(cfg, out_dir)
         tracker = Tracker(out_dir, wandb)
         job, model = build_job(cfg, out_dir, device, tracker, timer)
-        method: Method = instantiate(cfg.method, _convert_="all")
+        method = build_method(cfg)
         progress = fit(job, model, method)
         curves = learning_curves(tracker, task.metric_name, out_dir / "learning_curves.png", job.title)
         tracker.image("plots/learning_curves", curves, "train", progress.step)
@@ -140,6 +141,17 @@ def build_job(
         log=log,
     )
     return job, model
+
+
+def build_method(cfg: DictConfig) -> Method:
+    """Instantiate the method, reporting a bad method value as a ConfigError, not a Hydra trace."""
+    try:
+        return instantiate(cfg.method, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ValueError):
+            raise ConfigError(str(cause)) from err
+        raise
 
 
 def _build_model(cfg: DictConfig, device: torch.device) -> nn.Module:

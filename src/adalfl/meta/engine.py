@@ -35,6 +35,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call
 
+from adalfl.config import ConfigError
 from adalfl.meta.sgd import SGDHyper, sgd_update
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -221,5 +222,5 @@ ENGINES: dict[str, type[MetaEngine]] = {"func": FuncEngine, "higher": HigherEngi
 
 def make_engine(name: str) -> MetaEngine:
     if name not in ENGINES:
-        raise ValueError(f"method.meta.backend must be one of {sorted(ENGINES)}, got {name!r}")
+        raise ConfigError(f"method.meta.backend must be one of {sorted(ENGINES)}, got {name!r}")
     return ENGINES[name]()

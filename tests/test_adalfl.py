@@ -1,0 +1,128 @@
+"""AdaLFL end to end through the real training loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adalfl.app import build_job, run
+from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
+from adalfl.methods.adalfl import AdaLFL
+from adalfl.methods.base import FixedLossMethod
+from adalfl.track.metrics import Tracker
+from adalfl.train.loop import NonFiniteLossError, fit
+
+from conftest import tiny
+
+
+def _records(job_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_adalfl_job_leaves_learned_loss_plots_and_phi(job_dir: Path) -> None:
+    run(tiny("method=adalfl", "method.meta.init_steps=20", "method.plot_every=20"), out_dir=job_dir)
+    result = json.loads((job_dir / "result.json").read_text())
+    assert result["status"] == "done" and result["method"] == "adalfl"
+    assert result["wall_time_s"]["offline"] > 0
+    for name in ("learned_loss.pt", "learned_loss_start.pt", "learned_loss_evolution.png"):
+        assert (job_dir / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (job_dir / "learned_loss").glob("*.png")) == [
+        "step_0000000.png", "step_0000020.png", "step_0000040.png"
+    ]
+    start = torch.load(job_dir / "learned_loss_start.pt")
+    end = torch.load(job_dir / "learned_loss.pt")
+    assert any(not torch.equal(start[k], end[k]) for k in start)  # phi adapted online
+    records = _records(job_dir)
+    offline = [r for r in records if r["phase"] == "offline"]
+    assert [r["step"] for r in offline] == [5, 10, 15, 20]
+    train = [r for r in records if r["phase"] == "train"]
+    assert all({"train/base_grad_norm", "meta/val_task_loss", "meta/grad_norm"} <= r.keys() for r in train)
+    assert all(r["meta/skipped_steps"] == 0 for r in train)
+
+
+class FrozenLoss(FixedLossMethod):
+    """Plain torch.optim.SGD training with a fixed copy of a loss network."""
+
+    def __init__(self, state: dict) -> None:
+        super().__init__("frozen")
+        self.state = state
+
+    def setup(self, job, model) -> None:  # noqa: ANN001
+        self.loss = OutputWiseLoss(job.task, PointwiseNetwork()).to(job.device)
+        self.loss.load_state_dict(self.state)
+
+    def base_loss(self, job, output, target):  # noqa: ANN001, ANN201
+        return self.loss(output, target)
+
+
+@pytest.mark.parametrize("backend", ["func", "higher"])
+def test_adalfl_with_zero_meta_lr_equals_plain_sgd_with_the_frozen_loss(backend: str, tmp_path: Path) -> None:
+    overrides = (
+        "model.batch_norm=true", "optimizer.momentum=0.9", "optimizer.nesterov=true",
+        "optimizer.weight_decay=5e-4", "dataset.milestones=[15,30]", "dataset.lr_gamma=0.2",
+        "dataset.log_interval=1", "checkpoint.every=0",
+    )
+    cfg = tiny("method=adalfl", "method.meta.init_steps=0", "method.meta.online_lr=0.0",
+               f"method.meta.backend={backend}", *overrides)
+    run(cfg, out_dir=tmp_path / "adalfl")
+    phi = torch.load(tmp_path / "adalfl" / "learned_loss_start.pt")
+
+    ref_cfg = tiny(*overrides)
+    out = tmp_path / "sgd"
+    out.mkdir()
+    job, model = build_job(ref_cfg, out, torch.device("cpu"), Tracker(out))
+    fit(job, model, FrozenLoss(phi))
+    job.tracker.close()
+
+    adalfl, sgd = _records(tmp_path / "adalfl"), _records(out)
+    assert len(adalfl) == len(sgd) == 40
+    for a, b in zip(adalfl, sgd):
+        assert a["step"] == b["step"] and a["train/lr"] == b["train/lr"]
+        assert a["train/base_loss"] == pytest.approx(b["train/base_loss"], rel=1e-5, abs=1e-7)
+    assert adalfl[-1]["test/error_rate"] == sgd[-1]["test/error_rate"]
+    assert sorted({r["train/lr"] for r in sgd}) == pytest.approx([0.0004, 0.002, 0.01])
+
+
+def test_non_finite_meta_gradient_skips_the_meta_step_only(job_dir: Path) -> None:
+    cfg = tiny("dataset=diabetes", "method=adalfl", "method.meta.init_steps=0", "checkpoint.every=0")
+    job, model = build_job(cfg, job_dir, torch.device("cpu"), Tracker(job_dir))
+    job.data.val.y[:] = float("nan")  # every meta loss, hence every meta-gradient, is NaN
+    method = AdaLFL("adalfl", loss={}, meta={"init_steps": 0})
+    before = [p.detach().clone() for p in model.parameters()]
+    fit(job, model, method)
+    job.tracker.close()
+    assert method.online is not None and method.online.skipped == 40
+    assert all(torch.isfinite(p).all() for p in method.loss.parameters())
+    start = torch.load(job_dir / "learned_loss_start.pt")
+    assert all(torch.equal(start[k], v) for k, v in method.loss.state_dict().items())  # phi untouched
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # base steps happened
+    last = [r for r in _records(job_dir) if "meta/skipped_steps" in r][-1]
+    assert last["meta/skipped_steps"] == 40 and last["train/base_loss"] is not None
+
+
+def test_non_finite_base_loss_fails_the_job(job_dir: Path) -> None:
+    with pytest.raises(NonFiniteLossError, match="base loss became"):
+        run(tiny("dataset=diabetes", "method=adalfl", "method.meta.init_steps=0", "optimizer.lr=1e12"), out_dir=job_dir)
+    result = json.loads((job_dir / "result.json").read_text())
+    assert result["status"] == "failed" and "NonFiniteLossError" in result["error"]
+
+
+def test_adalfl_resumes_to_the_same_metrics(tmp_path: Path) -> None:
+    args = ("method=adalfl", "method.meta.init_steps=10", "checkpoint.every=20")
+    run(tiny(*args), out_dir=tmp_path / "straight")
+    run(tiny(*args, "dataset.steps=20"), out_dir=tmp_path / "resumed")
+    (tmp_path / "resumed" / "result.json").unlink()  # pretend the job died after its step-20 checkpoint
+    run(tiny(*args), out_dir=tmp_path / "resumed")
+    assert _records(tmp_path / "straight") == _records(tmp_path / "resumed")
+
+
+def test_invalid_method_values_are_refused(job_dir: Path) -> None:
+    from adalfl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="init_steps"):
+        run(tiny("method=adalfl", "method.meta.init_steps=-1"), out_dir=job_dir)
+    with pytest.raises(ConfigError, match="method.meta.backend"):
+        run(tiny("method=adalfl", "method.meta.backend=jax"), out_dir=job_dir / "b")
