@@ -32,24 +32,11 @@ from adalfl.data.images import ImageTransform
 from adalfl.models.lenet import LeNet5
 from adalfl.utils import resolve_device
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import settings_from_argv, sync  # noqa: E402
+
 # threads: torch CPU threads (0 = torch's default).
 SETTINGS = {"device": "auto", "threads": 0, "steps": 100, "repeats": 7, "batch_size": 128, "n_train": 54000}
-
-
-def settings_from_argv(argv: list[str]) -> dict:
-    """key=value overrides of SETTINGS (the same shape as a Hydra override, without the app)."""
-    values = dict(SETTINGS)
-    for item in argv:
-        key, _, value = item.partition("=")
-        if key not in values or not value:
-            raise SystemExit(f"unknown or empty setting {item!r}; settings: {sorted(values)}")
-        values[key] = value if key == "device" else int(value)
-    return values
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_steps(step: Callable[[int], None], steps: int, device: torch.device) -> float:
@@ -116,7 +103,7 @@ def measure(shape: tuple[int, int, int], augment: list[str], cfg: dict, device: 
 
 
 def main(argv: list[str]) -> dict:
-    cfg = settings_from_argv(argv)
+    cfg = settings_from_argv(SETTINGS, argv)
     device = resolve_device(cfg["device"])
     if cfg["threads"] > 0:
         torch.set_num_threads(cfg["threads"])

@@ -24,7 +24,7 @@ class LossNetConfig:
 
     hidden: List[int] = field(default_factory=lambda: [40, 40])
     activation: str = "smooth_leaky_relu"  # smooth_leaky_relu | relu | softplus | none
-    output_activation: str = "smooth_leaky_relu"
+    output_activation: str = "softplus"
     beta: float = 10.0
     gamma: float = 0.01
     init: str = "default"  # default (PyTorch's) | xavier

@@ -1,0 +1,172 @@
+"""What one AdaLFL iteration costs against one plain cross-entropy step.
+
+For each model (MLP and LeNet-5 on MNIST-shaped data, the three-conv small CNN on CIFAR-shaped
+data, batch 128, each with its dataset's SGD protocol) and each meta-gradient backend, times the
+real ``train_step`` of ``method=ce`` and ``method=adalfl`` (look-ahead base step, meta-gradient,
+Adam on phi, write-back) and measures their peak memory.
+
+Timing: CE and AdaLFL steps are interleaved in blocks, so that a busy machine slows both alike;
+the median per-step wall time of each is reported, and ``adalfl_over_ce`` is their ratio.
+Memory: each (model, method, backend) runs alone in a fresh subprocess; on CPU the figure is the
+growth of the process's peak resident memory over its resident memory after set-up (the peak
+is reset there),
+on CUDA ``torch.cuda.max_memory_allocated`` during the steps.
+
+    python benchmarks/step_cost.py                                # CPU, or the first GPU
+    python benchmarks/step_cost.py device=cpu threads=2 steps=30 models=[lenet5,smallcnn]
+
+Prints one JSON object; results go in docs/benchmarks.md, never into test assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+from omegaconf import OmegaConf
+
+from adalfl.data import Batch
+from adalfl.losses import Task
+from adalfl.methods.adalfl import AdaLFL
+from adalfl.methods.ce import CrossEntropy
+from adalfl.models.lenet import LeNet5, SmallCNN
+from adalfl.models.simple import MLP
+from adalfl.utils import resolve_device
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine, settings_from_argv, sync  # noqa: E402
+
+SETTINGS = {
+    "device": "auto",
+    "threads": 0,  # torch CPU threads (0: torch's default)
+    "steps": 30,  # timed steps per method per model and backend
+    "block": 5,  # steps per interleaved block
+    "models": ["mlp", "lenet5", "smallcnn"],
+    "backends": ["func", "higher"],
+    "memory": True,
+    "batch_size": 128,
+    # internal: one memory measurement in a subprocess
+    "only": "",
+}
+
+# model -> (constructor, input shape, SGD protocol of its dataset)
+MNIST_SGD = dict(lr=0.01)
+CIFAR_SGD = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+MODELS = {
+    "mlp": (lambda: MLP([1, 28, 28], 10, widths=(100, 100)), (1, 28, 28), MNIST_SGD),
+    "lenet5": (lambda: LeNet5([1, 28, 28], 10), (1, 28, 28), MNIST_SGD),
+    "smallcnn": (lambda: SmallCNN([3, 32, 32], 10), (3, 32, 32), CIFAR_SGD),
+}
+
+
+def build(name: str, method: str, backend: str, device: torch.device, batch_size: int):  # noqa: ANN201
+    """The model, its optimiser and the method's real train_step, on fixed random batches."""
+    torch.manual_seed(0)
+    make, shape, sgd = MODELS[name]
+    model = make().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), **sgd)
+    train = Batch(torch.randn(batch_size, *shape, device=device), torch.randint(0, 10, (batch_size,), device=device))
+    val = Batch(torch.randn(batch_size, *shape, device=device), torch.randint(0, 10, (batch_size,), device=device))
+    job = SimpleNamespace(task=Task("classification", 10), device=device,
+                          train_batch=lambda: train, val_batch=lambda: val)
+    if method == "ce":
+        impl = CrossEntropy("ce")
+    else:
+        impl = AdaLFL("adalfl", loss={}, meta={"backend": backend, "init_steps": 0})
+    impl.setup(job, model)
+    return lambda: impl.train_step(job, model, optimizer)
+
+
+def timed(step, device: torch.device) -> float:  # noqa: ANN001
+    sync(device)
+    start = time.perf_counter()
+    step()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def time_pair(name: str, backend: str, cfg: dict, device: torch.device) -> dict:
+    ce = build(name, "ce", backend, device, cfg["batch_size"])
+    ada = build(name, "adalfl", backend, device, cfg["batch_size"])
+    for _ in range(3):  # warm-up
+        ce()
+        ada()
+    times: dict[str, list[float]] = {"ce": [], "adalfl": []}
+    while len(times["ce"]) < cfg["steps"]:
+        for label, step in (("ce", ce), ("adalfl", ada)):
+            times[label] += [timed(step, device) for _ in range(cfg["block"])]
+    ce_ms = 1000 * statistics.median(times["ce"])
+    ada_ms = 1000 * statistics.median(times["adalfl"])
+    return {"ce_ms": round(ce_ms, 3), "adalfl_ms": round(ada_ms, 3), "adalfl_over_ce": round(ada_ms / ce_ms, 3)}
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM) to the current one."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def memory_one(name: str, method: str, backend: str, cfg: dict, device: torch.device) -> float:
+    """Peak memory (MB) of a few steps of one method, measured in this (fresh) process."""
+    step = build(name, method, backend, device, cfg["batch_size"])
+    if device.type == "cuda":
+        step()
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        for _ in range(3):
+            step()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    before = _status_mb("VmRSS")
+    _reset_peak_rss()  # the imports' peak is not the step's
+    for _ in range(3):
+        step()
+    return _status_mb("VmHWM") - before
+
+
+def memory(name: str, method: str, backend: str, cfg: dict) -> float:
+    args = [f"only={name}:{method}:{backend}", f"device={cfg['device']}", f"threads={cfg['threads']}",
+            f"batch_size={cfg['batch_size']}"]
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return round(json.loads(out.stdout)["peak_mb"], 1)
+
+
+def main(argv: list[str]) -> dict:
+    cfg = settings_from_argv(SETTINGS, argv)
+    if cfg["threads"] > 0:
+        torch.set_num_threads(cfg["threads"])
+    device = resolve_device(cfg["device"])
+    if cfg["only"]:
+        name, method, backend = cfg["only"].split(":")
+        return {"peak_mb": memory_one(name, method, backend, cfg, device)}
+    results = {}
+    for name in cfg["models"]:
+        results[name] = {}
+        for backend in cfg["backends"]:
+            row = time_pair(name, backend, cfg, device)
+            if cfg["memory"]:
+                row["ce_peak_mb"] = memory(name, "ce", backend, cfg)
+                row["adalfl_peak_mb"] = memory(name, "adalfl", backend, cfg)
+            results[name][backend] = row
+            print(f"{name:9s} {backend:7s} {json.dumps(row)}", file=sys.stderr, flush=True)
+    return {"benchmark": "step_cost", **machine(device), "settings": OmegaConf.to_container(OmegaConf.create(cfg)),
+            "results": results}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:]), indent=2))
