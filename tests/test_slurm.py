@@ -26,7 +26,8 @@ def cluster() -> None:
     state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
     states = state.stdout.split()
     if state.returncode != 0 or not any(s.rstrip("*") in ("idle", "mix", "alloc") for s in states):
-        pytest.fail(f"no Slurm node takes jobs ({state.stdout.strip()} {state.stderr.strip()}): run scripts/slurm_local.sh")
+        detail = f"{state.stdout.strip()} {state.stderr.strip()}"
+        pytest.fail(f"no Slurm node takes jobs ({detail}): run scripts/slurm_local.sh")
 
 
 def squeue(name: str) -> list[tuple[str, str]]:

@@ -124,7 +124,11 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
         # SystemExit/KeyboardInterrupt: stopped from outside (Ctrl-C, or submitit exiting after a
         # preemption/time-limit requeue); the next start in this folder resumes from the checkpoint.
         stopped = isinstance(err, (SystemExit, KeyboardInterrupt))
-        record.update(status="interrupted" if stopped else "failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        record.update(
+            status="interrupted" if stopped else "failed",
+            error=f"{type(err).__name__}: {err}",
+            traceback=traceback.format_exc(),
+        )
         raise
     finally:
         record["wall_time_s"] = {**timer.totals, "total": time.perf_counter() - started}
