@@ -1,5 +1,6 @@
 """Wall time of one small sweep under Hydra's basic launcher (one job after another, each with
-all cores) against `hydra/launcher=local` (joblib, n_jobs workers, each with its share of the cores).
+all cores, and again with one thread) against `hydra/launcher=local` (joblib, n_jobs workers,
+each with its share of the cores).
 
     python benchmarks/sweep_launchers.py                    # steps=3000 repeats=2 n_jobs=2
     python benchmarks/sweep_launchers.py steps=5000 repeats=3
@@ -66,6 +67,9 @@ def main() -> None:
     opts = parse_args(sys.argv[1:])
     launchers = {
         "basic (sequential)": [],
+        # The same one-after-another sweep with one thread per job: separates the gain of running
+        # jobs side by side from the cost of PyTorch's threads competing for busy cores.
+        "basic, threads=1": ["threads=1"],
         f"local, n_jobs={opts['n_jobs']}": ["hydra/launcher=local", f"hydra.launcher.n_jobs={opts['n_jobs']}"],
     }
     walls: dict[str, list[float]] = {name: [] for name in launchers}
@@ -75,7 +79,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(opts["repeats"]):
             for name, launcher in launchers.items():
-                sweep_dir = Path(tmp) / f"{repeat}-{len(launcher)}"
+                sweep_dir = Path(tmp) / f"{repeat}-{list(launchers).index(name)}"
                 wall, results = run_sweep(launcher, opts["steps"], sweep_dir)
                 walls[name].append(wall)
                 threads[name] = results[0]["threads"]

@@ -62,11 +62,16 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || die "apt-get update failed (no access to the Debian mirrors?)"
     # policy-rc.d: package scripts must not start daemons themselves (no systemd in containers,
-    # and we start them below with our own configuration).
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || { rm -f /usr/sbin/policy-rc.d; die "apt-get install ${missing[*]} failed"; }
-    rm -f /usr/sbin/policy-rc.d
+    # and we start them below with our own configuration). An existing policy is left alone.
+    own_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    apt_ok=1
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || apt_ok=0
+    ((own_policy)) && rm -f /usr/sbin/policy-rc.d
+    ((apt_ok)) || die "apt-get install ${missing[*]} failed"
 else
     say "packages already installed"
 fi
@@ -152,13 +157,14 @@ if ((restart)); then
     stop_daemon "$SLURMD_PID"
     stop_daemon "$CTLD_PID"
 fi
-if ! pid_alive "$CTLD_PID"; then
+ctld_up() { scontrol ping 2>/dev/null | grep -q "is UP"; }
+if ! pid_alive "$CTLD_PID" && ! ctld_up; then
     say "starting slurmctld"
     slurmctld || die "slurmctld did not start"
 fi
-for _ in $(seq 50); do scontrol ping 2>/dev/null | grep -q "is UP" && break; sleep 0.2; done
-scontrol ping | grep -q "is UP" || die "slurmctld does not answer 'scontrol ping'"
-if ! pid_alive "$SLURMD_PID"; then
+for _ in $(seq 50); do ctld_up && break; sleep 0.2; done
+ctld_up || die "slurmctld does not answer 'scontrol ping'"
+if ! pid_alive "$SLURMD_PID" && ! pgrep -x slurmd >/dev/null; then
     say "starting slurmd"
     slurmd || die "slurmd did not start"
 fi

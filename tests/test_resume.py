@@ -133,16 +133,19 @@ def test_checkpoint_decode_rejects_damage() -> None:
             ckpt.decode(bad)
 
 
-def test_stop_signal_checkpoints_at_the_current_step(reference: Path, tmp_path: Path, monkeypatch) -> None:
-    """The scheduler's warning (SIGUSR2 under submitit) arrives mid-step: the loop finishes the step,
-    writes a checkpoint there, then hands the signal to the original handler, which exits."""
+@pytest.mark.parametrize("signum", [signal.SIGUSR2, signal.SIGTERM], ids=["submitit-USR2", "plain-SIGTERM"])
+def test_stop_signal_checkpoints_at_the_current_step(reference: Path, tmp_path: Path, monkeypatch, signum) -> None:
+    """A stop signal arrives mid-step: the loop finishes the step, writes a checkpoint there, then
+    lets the signal take effect. SIGUSR2 stands for submitit's handler (requeue, then exit);
+    SIGTERM with no handler ends the job (through SystemExit, so result.json says so)."""
     handled: list[int] = []
 
-    def scheduler_handler(signum, frame):  # noqa: ANN001, ANN202 - what submitit's handler does
-        handled.append(signum)
+    def scheduler_handler(sig, frame):  # noqa: ANN001, ANN202 - what submitit's handler does
+        handled.append(sig)
         raise SystemExit(-1)
 
-    previous = signal.signal(signal.SIGUSR2, scheduler_handler)
+    handler = scheduler_handler if signum == signal.SIGUSR2 else signal.SIG_DFL
+    previous = signal.signal(signum, handler)
     try:
         cfg = compose_job(JOB)
         calls = {"n": 0}
@@ -151,17 +154,18 @@ def test_stop_signal_checkpoints_at_the_current_step(reference: Path, tmp_path: 
         def train_step(self, job, model, optimizer):  # noqa: ANN001, ANN202
             calls["n"] += 1
             if calls["n"] == 137:
-                os.kill(os.getpid(), signal.SIGUSR2)
+                os.kill(os.getpid(), signum)
             return original(self, job, model, optimizer)
 
         with monkeypatch.context() as patch:
             patch.setattr(FixedLossMethod, "train_step", train_step)
-            with pytest.raises(SystemExit):
+            with pytest.raises(SystemExit) as stopped:
                 run(cfg, tmp_path)
-        assert handled == [signal.SIGUSR2]
-        assert signal.getsignal(signal.SIGUSR2) is scheduler_handler  # restored after the job
+        assert handled == ([signum] if handler is scheduler_handler else [])
+        assert stopped.value.code == (-1 if handler is scheduler_handler else 128 + signum)
+        assert signal.getsignal(signum) is handler  # restored after the job
     finally:
-        signal.signal(signal.SIGUSR2, previous)
+        signal.signal(signum, previous)
     assert read_result(tmp_path)["status"] == "interrupted"
     state = ckpt.Checkpointer(tmp_path).load()
     assert state is not None and state["progress"]["step"] == 137

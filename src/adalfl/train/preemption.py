@@ -82,9 +82,9 @@ def _deliver(frame: FrameType | None) -> None:
         if callable(original):
             original(signum, frame)
         elif original == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            _installed.pop(signum, None)
-            os.kill(os.getpid(), signum)  # the default action (terminate) as the sender intended
+            # The default action is to terminate: do so, but through SystemExit, so the job still
+            # records "interrupted" in result.json and closes its W&B run. Exit status as if killed.
+            raise SystemExit(128 + signum)
 
 
 @contextmanager
