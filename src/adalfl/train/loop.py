@@ -117,9 +117,12 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
         if scalars:
             record = job.tracker.log("train", step, scalars)
             base_loss = record.get("train/base_loss", 0.0)
-            if not math.isfinite(base_loss):
+            task_loss = record.get("train/task_loss", 0.0)
+            # A learned loss can stay finite (e.g. a saturated softplus) while the model diverges.
+            if not (math.isfinite(base_loss) and math.isfinite(task_loss)):
                 raise NonFiniteLossError(
-                    f"base loss became {base_loss} at step {step}; lower optimizer.lr or check the data"
+                    f"base loss became {base_loss} (task loss {task_loss}) at step {step}; "
+                    "lower optimizer.lr or check the data"
                 )
             bar.set_postfix(loss=f"{base_loss:.4g}", refresh=False)
         if step % eval_every == 0 or last:
