@@ -88,7 +88,7 @@ class MetaLR(Method):
             job, self.engine, [self.log_lr], job.task.loss, self.meta_cfg.init_steps, self.meta_cfg.init_lr,
             lr_fn=lambda: self.lr, extra_scalars=lambda: {"offline/meta_lr": self.lr.detach()},
         )
-        job.log.info("[%s] meta-learned lr after the offline phase: %.4g", job.title, float(self.lr))
+        job.log.info("[%s] meta-learned lr after the offline phase: %.4g", job.title, float(self.lr.detach()))
 
     def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         assert self.online is not None

@@ -115,9 +115,16 @@ class PartialTraining:
     def __init__(self, job: Job, steps: int) -> None:
         self.job = job
         self.steps = steps
-        self.model = job.build_model()  # the search's fixed theta_0 (not the job's model)
-        self.theta0 = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.seed = int(job.cfg.seed) + 2_000_003
+        # The search's fixed theta_0: drawn from its own seed (not the job's model, and the same
+        # whenever it is drawn), without moving the global RNG stream.
+        with torch.random.fork_rng(devices=self._devices()):
+            torch.manual_seed(self.seed)
+            self.model = job.build_model()
+        self.theta0 = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    def _devices(self) -> list[torch.device]:
+        return [self.job.device] if self.job.device.type == "cuda" else []
 
     def __call__(self, loss: OutputWiseLoss) -> float:
         job, model = self.job, self.model
@@ -125,8 +132,7 @@ class PartialTraining:
         model.train()
         optimizer, _ = job.build_optimizer(list(model.parameters()))  # fresh: no momentum yet
         sampler = BatchSampler(job.data.train, int(job.cfg.dataset.batch_size), seed=self.seed)
-        devices = [job.device] if job.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=self._devices()):
             torch.manual_seed(self.seed)
             for _ in range(self.steps):
                 x, y = sampler.next()
