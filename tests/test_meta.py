@@ -20,7 +20,7 @@ TASK = Task("classification", 3)
 SGD_KW = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
 
 
-def _setup(batch_norm: bool = False, dtype: torch.dtype = torch.float64, seed: int = 0):
+def _setup(batch_norm: bool = False, dtype: torch.dtype = torch.float64, seed: int = 0, prestep: bool = True):
     torch.manual_seed(seed)
     layers: list[nn.Module] = [nn.Linear(4, 6)]
     if batch_norm:
@@ -31,10 +31,10 @@ def _setup(batch_norm: bool = False, dtype: torch.dtype = torch.float64, seed: i
     x, y = torch.randn(16, 4, dtype=dtype), torch.randint(0, 3, (16,))
     xv, yv = torch.randn(12, 4, dtype=dtype), torch.randint(0, 3, (12,))
     optimizer = torch.optim.SGD(model.parameters(), **SGD_KW)
-    # one real step first, so the look-ahead starts from non-empty momentum buffers
-    optimizer.zero_grad()
-    TASK.loss(model(xv), yv).backward()
-    optimizer.step()
+    if prestep:  # one real step first, so the look-ahead starts from non-empty momentum buffers
+        optimizer.zero_grad()
+        TASK.loss(model(xv), yv).backward()
+        optimizer.step()
     return model, loss, optimizer, (x, y), (xv, yv)
 
 
@@ -52,9 +52,10 @@ def _val_loss_after_real_sgd_step(model, optimizer, loss_fn, train, val, lr=None
         return float(TASK.loss(model(val[0]), val[1]))
 
 
-@pytest.mark.parametrize("backend", ["func", "higher"])
-def test_loss_meta_gradient_matches_central_finite_differences(backend: str) -> None:
-    model, loss, optimizer, train, val = _setup()
+@pytest.mark.parametrize(("backend", "prestep"), [("func", True), ("higher", True), ("func", False)])
+def test_loss_meta_gradient_matches_central_finite_differences(backend: str, prestep: bool) -> None:
+    """prestep=False: the first step, where torch starts the momentum buffer from the gradient."""
+    model, loss, optimizer, train, val = _setup(prestep=prestep)
     phi = list(loss.parameters())
     step = make_engine(backend).step(model, optimizer, loss, phi, train, val, TASK.loss)
     eps = 1e-6
@@ -165,3 +166,21 @@ def test_sgd_update_is_torch_sgd_bit_for_bit() -> None:
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="method.meta.backend"):
         make_engine("jax")
+
+
+def test_backends_agree_with_dropout_masks_replayed() -> None:
+    """The forward-mode product must see the base step's dropout masks (the higher backend
+    differentiates the very forward that drew them)."""
+    grads = {}
+    for backend in ("func", "higher"):
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 3)).double()
+        loss = OutputWiseLoss(TASK, PointwiseNetwork(hidden=(8, 8))).double()
+        x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.manual_seed(4)
+        step = make_engine(backend).step(model, optimizer, loss, list(loss.parameters()), (x, y), (x, y), TASK.loss)
+        grads[backend] = torch.cat([g.flatten() for g in step.meta_grads])
+        grads[backend + "_rng"] = torch.get_rng_state()
+    assert torch.linalg.vector_norm(grads["func"] - grads["higher"]) <= 1e-6 * torch.linalg.vector_norm(grads["higher"])
+    assert torch.equal(grads["func_rng"], grads["higher_rng"])  # the replay leaves the generator where it was

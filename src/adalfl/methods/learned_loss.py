@@ -14,6 +14,7 @@ from adalfl.losses.learned import OutputWiseLoss
 from adalfl.methods.base import FixedLossMethod, Moment
 from adalfl.track.plots import learned_loss as plot_learned_loss
 from adalfl.train.job import Job
+from adalfl.utils import atomic_write_json
 
 
 @dataclass
@@ -42,7 +43,8 @@ def loss_curves(loss: OutputWiseLoss, task: Task, step: int) -> dict:
 
 class LossWatcher:
     """Snapshots l_phi at the start of training, every ``plot_every`` steps and at the end; writes
-    ``learned_loss/step_*.png``, ``learned_loss_evolution.png`` and ``learned_loss.pt`` (phi)."""
+    ``learned_loss/step_*.png``, ``learned_loss_evolution.png``, ``learned_loss_curves.json`` and
+    ``learned_loss.pt`` (phi)."""
 
     def __init__(self, plot_every: int) -> None:
         self.plot_every = int(plot_every)
@@ -62,6 +64,8 @@ class LossWatcher:
             torch.save(loss.state_dict(), job.out_dir / "learned_loss_start.pt")
         if moment == "end":
             torch.save(loss.state_dict(), job.out_dir / "learned_loss.pt")
+            curves = {"classification": job.task.classification, "snapshots": self.snapshots}
+            atomic_write_json(job.out_dir / "learned_loss_curves.json", curves)  # for sweep figures
             evolution = plot_learned_loss(
                 self.snapshots, job.task.classification, job.out_dir / "learned_loss_evolution.png", job.title
             )

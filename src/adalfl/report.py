@@ -1,0 +1,33 @@
+"""`python -m adalfl.report <sweep folder> [...]`: rebuild a sweep's tables and figures and print
+the Markdown table. Works on finished and partial sweeps alike."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from adalfl.sweep import report
+
+
+def main(argv: list[str]) -> int:
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    status = 0
+    for arg in argv:
+        sweep = Path(arg)
+        if not sweep.is_dir():
+            print(f"not a folder: {sweep}", file=sys.stderr)
+            status = 2
+            continue
+        built = report.write(sweep)
+        if not built.cells:
+            print(f"no job results under {sweep}", file=sys.stderr)
+            status = 1
+        print(report.markdown(built))
+        print(f"written: {sweep / 'results.md'}, results.csv, results.tex, figures/", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

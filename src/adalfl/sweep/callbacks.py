@@ -1,0 +1,45 @@
+"""Hydra callback that keeps a sweep folder's report current (see adalfl.sweep.report)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class ReportCallback(Callback):
+    """Rebuilds results.md/.csv/.tex after every job (so a sweep that dies, or one whose jobs fail,
+    still leaves its tables) and once more, with figures, when the sweep ends.
+
+    A report error is logged, never raised: aggregation must not cost a job its result.
+    """
+
+    def __init__(self, figures_every_job: bool = False) -> None:
+        self.figures_every_job = figures_every_job
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        hydra = HydraConfig.get()
+        if hydra.mode != RunMode.MULTIRUN:
+            return
+        self._write(Path(hydra.sweep.dir), self.figures_every_job)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._write(Path(config.hydra.sweep.dir), True)
+
+    @staticmethod
+    def _write(sweep: Path, with_figures: bool) -> None:
+        from adalfl.sweep import report
+
+        try:
+            built = report.write(sweep, with_figures=with_figures)
+            if with_figures:
+                log.info("sweep report: %s\n%s", sweep / "results.md", report.markdown(built))
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not write the sweep report in %s: %s: %s", sweep, type(err).__name__, err)

@@ -1,0 +1,87 @@
+"""Sweeps aggregate themselves: tables that match the job files, partial sweeps, skipped reruns."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adalfl.sweep import report
+
+from conftest import REPO, run_main
+
+SWEEP_ARGS = ["-m", "dataset=diabetes,digits", "method=ce", "seed=0,1", "dataset.steps=30",
+              "dataset.eval_interval=15", "logger=none", "checkpoint.every=0"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    proc = run_main([*SWEEP_ARGS, f"hydra.sweep.dir={root / 'sweep'}"], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "sweep"
+
+
+def _results(sweep: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
+
+
+def test_tables_match_the_job_files(sweep: Path) -> None:
+    results = _results(sweep)
+    assert len(results) == 4
+    rows = {(r["dataset"], r["method"]): [] for r in results}
+    for r in results:
+        scale = 100 if r["metric_name"] == "error_rate" else 1
+        rows[(r["dataset"], r["method"])].append(scale * r["test_metric"])
+    with open(sweep / "results.csv", newline="") as handle:
+        table = {(row["dataset"], row["method"]): row for row in csv.DictReader(handle)}
+    assert set(table) == set(rows)
+    for key, values in rows.items():
+        assert float(table[key]["mean"]) == pytest.approx(statistics.fmean(values), rel=1e-5)
+        assert float(table[key]["std"]) == pytest.approx(statistics.stdev(values), rel=1e-5)
+        assert int(table[key]["n_finished"]) == 2
+    md = (sweep / "results.md").read_text()
+    digits = statistics.fmean(rows[("digits", "ce")])
+    assert f"**{digits:.2f} ± {statistics.stdev(rows[('digits', 'ce')]):.2f} (n=2)**" in md
+    assert "## Run time" in md and "Incomplete" not in md
+    assert r"\textbf{" in (sweep / "results.tex").read_text()
+    assert {p.name for p in (sweep / "figures").glob("*.png")} == {"curves_diabetes_mlp.png", "curves_digits_mlp.png"}
+
+
+def test_best_method_per_row_is_bold() -> None:
+    cells = {("d", "m"): {"a": report.Cell([3.0, 5.0]), "b": report.Cell([1.0, 2.0]), "c": report.Cell([], failed=1)}}
+    built = report.Report(Path("."), "t", {"error_rate"}, {("d", "m"): "error_rate"}, ["a", "b", "c"], cells, [], [], [])
+    line = [row for row in report.markdown(built).splitlines() if row.startswith("| d |")][0]
+    assert "**1.50 ± 0.71 (n=2)**" in line and "| 4.00 ± 1.41 (n=2) |" in line and "failed (n=0, 1 failed)" in line
+
+
+def test_partial_sweep_reports_what_is_missing(sweep: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(sweep, partial)
+    jobs = sorted(p.parent for p in partial.glob("*/result.json"))
+    (jobs[0] / "result.json").unlink()  # a job that died
+    shutil.rmtree(jobs[-1])  # a job that never started
+    proc = subprocess.run([sys.executable, "-m", "adalfl.report", str(partial)], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| dataset | model | ce |" in proc.stdout  # the Markdown table is printed
+    md = (partial / "results.md").read_text()
+    assert f"not finished: `{jobs[0].name}`" in md
+    assert md.count("not started: `") == 1
+    missing = md.split("not started: `")[1].split("`")[0]
+    assert set(missing.split(",")) >= {f"dataset={d}" for d in ("diabetes", "digits") if f"dataset={d}," in jobs[-1].name}
+    assert "(n=1)" in md
+
+
+def test_rerun_skips_finished_jobs(sweep: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.jsonl")}
+    proc = run_main([*SWEEP_ARGS, f"hydra.sweep.dir={sweep}"], cwd=sweep.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.jsonl")} == before
+    assert (proc.stdout + proc.stderr).count("already holds a finished result") == 4
