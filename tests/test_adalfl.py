@@ -51,7 +51,7 @@ class FrozenLoss(FixedLossMethod):
         self.state = state
 
     def setup(self, job, model) -> None:  # noqa: ANN001
-        self.loss = OutputWiseLoss(job.task, PointwiseNetwork()).to(job.device)
+        self.loss = OutputWiseLoss(job.task, PointwiseNetwork(output_activation="softplus")).to(job.device)  # as conf/method/adalfl.yaml
         self.loss.load_state_dict(self.state)
 
     def base_loss(self, job, output, target):  # noqa: ANN001, ANN201
