@@ -1,11 +1,16 @@
 """Entry point: `python main.py [overrides]`, or `python main.py -m ...` for a sweep."""
 
+import warnings
+
 import hydra
 from omegaconf import DictConfig
 
 from adalfl.config import register_configs
 from adalfl.sweep.resolvers import register_resolvers
 
+# conf/hydra/launcher/submitit_local.yaml shares its name with the plugin's schema, which Hydra
+# then applies (and warns about on every run); the file sets every key itself.
+warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_local' is validated against ConfigStore")
 register_configs()
 register_resolvers()
 

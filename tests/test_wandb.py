@@ -12,6 +12,24 @@ from adalfl.app import run
 from conftest import tiny
 
 
+class FakeRun:
+    """Stands in for a wandb Run: records what it is asked to log, and how it finished."""
+
+    def __init__(self, log: list | None = None, finished: list | None = None) -> None:
+        self.summary: dict = {}
+        self.logged = log if log is not None else []
+        self.finished = finished if finished is not None else []
+
+    def define_metric(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        pass
+
+    def log(self, values: dict) -> None:
+        self.logged.append(values)
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.finished.append(exit_code)
+
+
 def _wandb_cfg(mode: str):
     return tiny("logger=wandb", f"logger.mode={mode}", "logger.tags=[unit]")
 
@@ -31,22 +49,11 @@ def test_offline_logger_sends_the_same_scalars(job_dir: Path, monkeypatch: pytes
 
     logged: list[dict] = []
     inits: list[dict] = []
-
-    class FakeRun:
-        summary: dict = {}
-
-        def define_metric(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            pass
-
-        def log(self, values: dict) -> None:
-            logged.append(values)
-
-        def finish(self, exit_code: int = 0) -> None:
-            inits.append({"finished": exit_code})
+    finished: list[int] = []
 
     def fake_init(**kwargs):  # noqa: ANN003, ANN202
         inits.append(kwargs)
-        return FakeRun()
+        return FakeRun(logged, finished)
 
     monkeypatch.setattr(wandb, "init", fake_init)
     run(_wandb_cfg("offline"), out_dir=job_dir)
@@ -54,7 +61,7 @@ def test_offline_logger_sends_the_same_scalars(job_dir: Path, monkeypatch: pytes
     assert init["mode"] == "offline" and init["dir"] == str(job_dir)
     assert init["group"] == "digits-mlp-ce" and init["job_type"] == "ce" and "unit" in init["tags"]
     assert isinstance(init["config"], dict) and init["config"]["dataset"]["name"] == "digits"
-    assert inits[-1] == {"finished": 0}
+    assert finished == [0]
     records = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
     scalars = [v for v in logged if "train/step" in v and "plots/learning_curves" not in v]
     assert len(scalars) == len(records)
@@ -95,20 +102,7 @@ def test_run_is_finished_when_the_job_raises(job_dir: Path, monkeypatch: pytest.
     import wandb
 
     finished: list[int] = []
-
-    class FakeRun:
-        summary: dict = {}
-
-        def define_metric(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            pass
-
-        def log(self, values: dict) -> None:
-            pass
-
-        def finish(self, exit_code: int = 0) -> None:
-            finished.append(exit_code)
-
-    monkeypatch.setattr(wandb, "init", lambda **kwargs: FakeRun())
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: FakeRun(finished=finished))
     with pytest.raises(Exception, match="base loss"):
         run(tiny("logger=wandb", "dataset=diabetes", "optimizer.lr=1e6"), out_dir=job_dir)
     assert finished == [1]

@@ -22,11 +22,13 @@ from adalfl.config import ConfigError, model_name, validate
 from adalfl.data import BatchSampler, load_data
 from adalfl.losses import Task
 from adalfl.methods.base import Method
+from adalfl.sweep.threads import configure_threads
 from adalfl.track.metrics import Tracker
 from adalfl.track.plots import learning_curves
 from adalfl.track.wandb_logger import WandbLogger
 from adalfl.train.job import Job
 from adalfl.train.loop import fit
+from adalfl.train.preemption import deferred_stop_signals
 from adalfl.utils import PhaseTimer, atomic_write_json, git_commit, resolve_device, seed_everything, versions
 
 log = logging.getLogger("adalfl")
@@ -79,6 +81,8 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
     try:
         validate(cfg)
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
+        launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
+        record["threads"] = configure_threads(cfg.threads, launcher)
         device = resolve_device(cfg.device)
         record["device"] = str(device)
         if cfg.deterministic:
@@ -87,7 +91,8 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
         tracker = Tracker(out_dir, wandb)
         job, model = build_job(cfg, out_dir, device, tracker, timer)
         method = build_method(cfg)
-        progress = fit(job, model, method)
+        with deferred_stop_signals():  # Slurm's time-limit/preemption warning: checkpoint, then stop
+            progress = fit(job, model, method)
         curves = learning_curves(tracker, task.metric_name, out_dir / "learning_curves.png", job.title)
         tracker.image("plots/learning_curves", curves, "train", progress.step)
         record.update(
@@ -100,7 +105,14 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
             steps=progress.step,
         )
     except BaseException as err:
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        # SystemExit/KeyboardInterrupt: stopped from outside (Ctrl-C, or submitit exiting after a
+        # preemption/time-limit requeue); the next start in this folder resumes from the checkpoint.
+        stopped = isinstance(err, (SystemExit, KeyboardInterrupt))
+        record.update(
+            status="interrupted" if stopped else "failed",
+            error=f"{type(err).__name__}: {err}",
+            traceback=traceback.format_exc(),
+        )
         raise
     finally:
         record["wall_time_s"] = {**timer.totals, "total": time.perf_counter() - started}

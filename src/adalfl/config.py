@@ -124,6 +124,7 @@ class Config:
     experiment: Optional[str] = None  # set by experiment configs; tags runs and names sweep folders
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    threads: str = "auto"  # PyTorch threads per job: auto (see adalfl.sweep.threads) or a count
 
 
 def register_configs() -> None:
@@ -161,6 +162,8 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg.dataset.eval_interval, "dataset.eval_interval")
     _positive(cfg.dataset.log_interval, "dataset.log_interval")
     _positive(cfg.dataset.eval_batch_size, "dataset.eval_batch_size")
+    if cfg.threads != "auto" and not (str(cfg.threads).isdigit() and int(cfg.threads) > 0):
+        raise ConfigError(f"threads must be auto or a positive integer, got {cfg.threads!r}")
     for key in ("momentum", "weight_decay", "dampening"):
         if cfg.optimizer[key] < 0:
             raise ConfigError(f"optimizer.{key} must be >= 0, got {cfg.optimizer[key]!r}")

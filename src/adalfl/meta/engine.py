@@ -52,6 +52,20 @@ class MetaStep:
     meta_loss: torch.Tensor  # L_T at theta_{t+1} on the validation batch, detached
     meta_grads: list[torch.Tensor]
 
+    @classmethod
+    def detached(cls, params, buffers, base_grads, base_loss, output, target, meta_loss, meta_grads) -> "MetaStep":  # noqa: ANN001, E501
+        """A MetaStep holding no graph: what the look-ahead produced, cut loose from autograd."""
+        return cls(
+            params=[p.detach() for p in params],
+            buffers=[b.detach() if b is not None else None for b in buffers],
+            base_grads=[g.detach() for g in base_grads],
+            base_loss=base_loss.detach(),
+            output=output.detach(),
+            target=target,
+            meta_loss=meta_loss.detach(),
+            meta_grads=list(meta_grads),
+        )
+
 
 def _momentum_buffers(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Optional[torch.Tensor]]:
     return [optimizer.state.get(p, {}).get("momentum_buffer") for p in model.parameters()]
@@ -155,16 +169,8 @@ class FuncEngine(MetaEngine):
             dl_dlr = -sum((vi * d).sum() for vi, d in zip(v, update.directions))
             surrogate = surrogate + lr * dl_dlr.detach()
         meta_grads = torch.autograd.grad(surrogate, meta_params, allow_unused=True)
-        return MetaStep(
-            params=[p.detach() for p in update.params],
-            buffers=[b.detach() if b is not None else None for b in update.buffers],
-            base_grads=[g.detach() for g in base_grads],
-            base_loss=base_loss.detach(),
-            output=output.detach(),
-            target=y,
-            meta_loss=meta_loss.detach(),
-            meta_grads=_zeros_for_unused(meta_grads, meta_params),
-        )
+        return MetaStep.detached(update.params, update.buffers, base_grads, base_loss, output, y, meta_loss,
+                                 _zeros_for_unused(meta_grads, meta_params))
 
     @staticmethod
     def _jvp(model: nn.Module, names: Sequence[str], params: Sequence[torch.Tensor],
@@ -205,16 +211,8 @@ class HigherEngine(MetaEngine):
         meta_grads = torch.autograd.grad(meta_loss, meta_params, allow_unused=True)
         state = diffopt.state[0]
         momenta = [state[i].get("momentum_buffer") for i in range(len(params))]
-        return MetaStep(
-            params=[p.detach() for p in new_params],
-            buffers=[b.detach() if b is not None else None for b in momenta],
-            base_grads=[g.detach() for g in base_grads],
-            base_loss=base_loss.detach(),
-            output=output.detach(),
-            target=y,
-            meta_loss=meta_loss.detach(),
-            meta_grads=_zeros_for_unused(meta_grads, meta_params),
-        )
+        return MetaStep.detached(new_params, momenta, base_grads, base_loss, output, y, meta_loss,
+                                 _zeros_for_unused(meta_grads, meta_params))
 
 
 ENGINES: dict[str, type[MetaEngine]] = {"func": FuncEngine, "higher": HigherEngine}

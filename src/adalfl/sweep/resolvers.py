@@ -1,4 +1,10 @@
-"""OmegaConf resolvers used by conf/hydra settings (registered before Hydra composes)."""
+"""OmegaConf resolvers used by conf/hydra settings (registered before Hydra composes).
+
+Launchers that run jobs in other processes (joblib workers, submitit/Slurm jobs, requeued jobs)
+do not execute main.py there; Hydra ships the registered resolvers to them inside its pickled
+singleton state, which is why each resolver must be a module-level function (pickled by reference).
+tests/test_resume.py and tests/test_slurm.py exercise this through real sweeps.
+"""
 
 from __future__ import annotations
 

@@ -61,7 +61,9 @@ class Tracker:
         self.close()
         if self.path.exists():
             with open(self.path, "r+b") as handle:
-                handle.truncate(offset)
+                # min(): a file shorter than the checkpoint says (edited by hand) is kept as it is
+                # rather than padded with NUL bytes.
+                handle.truncate(min(offset, self.path.stat().st_size))
             with open(self.path, encoding="utf-8") as handle:
                 self.records = [json.loads(line) for line in handle if line.strip()]
         else:

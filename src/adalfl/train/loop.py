@@ -12,6 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from adalfl.methods.base import Method
+from adalfl.train import preemption
 from adalfl.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from adalfl.train.evaluate import evaluate
 from adalfl.train.job import Job
@@ -74,7 +75,7 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
         set_rng_state(state["rng"])
         job.timer.totals = dict(state["timer"])
         job.tracker.resume_from(state["metrics_offset"])
-        job.log.info("resuming from checkpoint at step %d/%d", progress.step, total)
+        job.log.info("resuming from %s at step %d/%d", checkpointer.loaded_from, progress.step, total)
     else:
         if job.tracker.path.exists():
             job.log.info("no usable checkpoint in %s: starting from scratch", job.out_dir)
@@ -123,8 +124,9 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
             bar.set_postfix(loss=f"{base_loss:.4g}", refresh=False)
         if step % eval_every == 0 or last:
             method.observe(job, model, step, "end" if last else "eval")
-        if ckpt_every > 0 and (step % ckpt_every == 0 or last):
+        if ckpt_every > 0 and (step % ckpt_every == 0 or last or preemption.requested()):
             save()
+        preemption.deliver()  # a scheduler's stop signal takes effect here, after the checkpoint
     bar.close()
     checkpointer.previous.unlink(missing_ok=True)
     return progress

@@ -1,0 +1,227 @@
+"""Checkpoints and resume: a job stopped at any moment (SIGKILL, a crash, a scheduler's stop signal)
+and started again in the same folder ends exactly as an uninterrupted run; damaged checkpoints are
+detected and skipped; the parallel local launcher runs sweeps."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from adalfl.app import run
+from adalfl.config import register_configs
+from adalfl.methods.base import FixedLossMethod
+from adalfl.sweep.resolvers import register_resolvers
+from adalfl.train import checkpoint as ckpt
+from adalfl.train import preemption
+from mainproc import REPO, read_metrics, read_result, result_metrics, run_main, start_main
+
+# Small, but long enough to hold several checkpoints: 300 steps of Digits, one checkpoint every 100.
+# One thread: the in-process jobs are tiny, and extra threads only cost when other work shares the CPUs.
+JOB = ["dataset=digits", "method=ce", "logger=none", "progress=false", "threads=1", "dataset.steps=300",
+       "checkpoint.every=100"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():  # noqa: ANN202 - `threads=1` must not outlive these tests
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def compose_job(overrides: list[str]) -> DictConfig:
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+class Crash(RuntimeError):
+    """Stands in for a failure in the middle of training."""
+
+
+def crash_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make the next job fail inside its ``step``-th base step."""
+    calls = {"n": 0}
+    original = FixedLossMethod.train_step
+
+    def train_step(self, job, model, optimizer):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise Crash(f"crash in step {step}")
+        return original(self, job, model, optimizer)
+
+    monkeypatch.setattr(FixedLossMethod, "train_step", train_step)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run of JOB: what every interrupted run must end up equal to."""
+    out = tmp_path_factory.mktemp("reference")
+    run(compose_job(JOB), out)
+    return out
+
+
+def assert_same_as(reference: Path, job_dir: Path) -> None:
+    assert read_metrics(job_dir) == read_metrics(reference)
+    assert result_metrics(job_dir) == result_metrics(reference)
+    assert result_metrics(job_dir)["status"] == "done"
+
+
+def test_crash_then_rerun_resumes_identically(reference: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    cfg = compose_job(JOB)
+    with monkeypatch.context() as patch:
+        crash_at(patch, 250)
+        with pytest.raises(Crash):
+            run(cfg, tmp_path)
+    assert read_result(tmp_path)["status"] == "failed"
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 240  # records past the checkpoint at 200
+    with caplog.at_level(logging.INFO, logger="adalfl"):
+        run(cfg, tmp_path)
+    assert "resuming from" in caplog.text and "at step 200/300" in caplog.text
+    assert_same_as(reference, tmp_path)
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(reference: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    cfg = compose_job(JOB)
+    with monkeypatch.context() as patch:
+        crash_at(patch, 250)
+        with pytest.raises(Crash):
+            run(cfg, tmp_path)
+    newest = tmp_path / "checkpoint.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the payload: still unpickles, wrong weights
+    newest.write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO, logger="adalfl"):
+        run(cfg, tmp_path)
+    assert "checksum mismatch" in caplog.text
+    assert "resuming from the previous checkpoint checkpoint.prev.pt" in caplog.text
+    assert "at step 100/300" in caplog.text
+    assert (tmp_path / "checkpoint.pt.corrupt").exists()  # kept for inspection, out of the rotation
+    assert_same_as(reference, tmp_path)
+
+
+def test_no_intact_checkpoint_restarts_from_scratch(reference: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    cfg = compose_job(JOB)
+    with monkeypatch.context() as patch:
+        crash_at(patch, 250)
+        with pytest.raises(Crash):
+            run(cfg, tmp_path)
+    newest, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a partial write (e.g. a full disk)
+    previous.write_bytes(b"garbage")
+    with caplog.at_level(logging.INFO, logger="adalfl"):
+        run(cfg, tmp_path)
+    assert "no intact checkpoint" in caplog.text and "restarts from scratch" in caplog.text
+    assert "resuming from" not in caplog.text
+    assert_same_as(reference, tmp_path)
+
+
+def test_checkpoint_decode_rejects_damage() -> None:
+    data = ckpt.encode({"x": 1})
+    assert ckpt.decode(data)["x"] == 1
+    for bad in (data[:-1], data[:20], b"PK" + data[2:], data[:-5] + b"\x00" * 5):
+        with pytest.raises(ckpt.CorruptCheckpoint):
+            ckpt.decode(bad)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR2, signal.SIGTERM], ids=["submitit-USR2", "plain-SIGTERM"])
+def test_stop_signal_checkpoints_at_the_current_step(reference: Path, tmp_path: Path, monkeypatch, signum) -> None:
+    """A stop signal arrives mid-step: the loop finishes the step, writes a checkpoint there, then
+    lets the signal take effect. SIGUSR2 stands for submitit's handler (requeue, then exit);
+    SIGTERM with no handler ends the job (through SystemExit, so result.json says so)."""
+    handled: list[int] = []
+
+    def scheduler_handler(sig, frame):  # noqa: ANN001, ANN202 - what submitit's handler does
+        handled.append(sig)
+        raise SystemExit(-1)
+
+    handler = scheduler_handler if signum == signal.SIGUSR2 else signal.SIG_DFL
+    previous = signal.signal(signum, handler)
+    try:
+        cfg = compose_job(JOB)
+        calls = {"n": 0}
+        original = FixedLossMethod.train_step
+
+        def train_step(self, job, model, optimizer):  # noqa: ANN001, ANN202
+            calls["n"] += 1
+            if calls["n"] == 137:
+                os.kill(os.getpid(), signum)
+            return original(self, job, model, optimizer)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(FixedLossMethod, "train_step", train_step)
+            with pytest.raises(SystemExit) as stopped:
+                run(cfg, tmp_path)
+        assert handled == ([signum] if handler is scheduler_handler else [])
+        assert stopped.value.code == (-1 if handler is scheduler_handler else 128 + signum)
+        assert signal.getsignal(signum) is handler  # restored after the job
+    finally:
+        signal.signal(signum, previous)
+    assert read_result(tmp_path)["status"] == "interrupted"
+    state = ckpt.Checkpointer(tmp_path).load()
+    assert state is not None and state["progress"]["step"] == 137
+    assert not preemption.requested()
+    run(compose_job(JOB), tmp_path)
+    assert_same_as(reference, tmp_path)
+
+
+def test_sigkill_mid_run_then_restart_gives_identical_metrics(tmp_path: Path) -> None:
+    """A real process, killed without warning between two checkpoints, then started again."""
+    job = ["dataset=digits", "method=ce", "logger=none", "progress=false", "threads=1", "dataset.steps=700",
+           "checkpoint.every=100", "dataset.eval_interval=50"]  # fmt: skip
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    run_main([*job, f"hydra.run.dir={reference}"])
+
+    child = start_main([*job, f"hydra.run.dir={killed}"], tmp_path / "killed.log")
+    deadline = time.monotonic() + 120
+    metrics = killed / "metrics.jsonl"
+    try:
+        # Kill once past the third checkpoint (step 300) and mid-way to the next one.
+        while time.monotonic() < deadline and child.poll() is None:
+            if metrics.exists() and '"step": 350,' in metrics.read_text():
+                break
+            time.sleep(0.02)
+        assert child.poll() is None, "the job finished before it could be killed; raise dataset.steps"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert not (killed / "result.json").exists() or read_result(killed)["status"] != "done"
+    assert max(r["step"] for r in read_metrics(killed)) >= 350
+
+    proc = run_main([*job, f"hydra.run.dir={killed}"])
+    assert "resuming from" in proc.stdout + proc.stderr + (killed / "main.log").read_text()
+    assert read_metrics(killed) == read_metrics(reference)
+    assert result_metrics(killed) == result_metrics(reference)
+
+
+def test_local_launcher_runs_a_sweep_with_two_workers(tmp_path: Path) -> None:
+    """hydra/launcher=local: two workers, each job in its own folder with one W&B run of its own,
+    each limited to its share of the cores."""
+    sweep = tmp_path / "sweep"
+    run_main(
+        ["hydra/launcher=local", "hydra.launcher.n_jobs=2", "dataset=diabetes,digits", "method=ce",
+         "logger=wandb", "logger.mode=offline", "progress=false", "dataset.steps=100",
+         f"hydra.sweep.dir={sweep}"],  # fmt: skip
+        multirun=True,
+    )
+    jobs = sorted(p.parent for p in sweep.glob("*/result.json"))
+    assert len(jobs) == 2 and "dataset=diabetes" in jobs[0].name and "dataset=digits" in jobs[1].name
+    run_ids = set()
+    for job in jobs:
+        result = read_result(job)
+        assert result["status"] == "done", result.get("error")
+        assert result["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+        run_id = (job / ".wandb_run_id").read_text().strip()
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and runs[0].name.endswith(run_id), runs
+        run_ids.add(run_id)
+    assert len(run_ids) == 2
