@@ -43,7 +43,7 @@ def test_two_sweeps_started_together_do_not_collide(tmp_path: Path) -> None:
     import os
 
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    cmd = [sys.executable, str(REPO / "main.py"), "-m", "dataset=diabetes", "dataset.steps=5", "logger=none", "checkpoint.every=0"]
+    cmd = [sys.executable, str(REPO / "main.py"), "-m", "dataset=diabetes", "method=ce", "dataset.steps=5", "logger=none", "checkpoint.every=0"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     for proc in procs:
         assert proc.wait(timeout=300) == 0
