@@ -105,7 +105,7 @@ def test_non_finite_meta_gradient_skips_the_meta_step_only(job_dir: Path) -> Non
 
 def test_non_finite_base_loss_fails_the_job(job_dir: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="base loss became"):
-        run(tiny("dataset=diabetes", "method=adalfl", "method.meta.init_steps=0", "optimizer.lr=1e12"), out_dir=job_dir)
+        run(tiny("dataset=diabetes", "method=adalfl", "method.meta.init_steps=0", "optimizer.lr=1e30"), out_dir=job_dir)
     result = json.loads((job_dir / "result.json").read_text())
     assert result["status"] == "failed" and "NonFiniteLossError" in result["error"]
 

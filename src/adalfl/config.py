@@ -92,6 +92,19 @@ class MethodConfig:
 
 
 @dataclass
+class OfflineConfig:
+    """Offline-phase budgets of the learned-loss and learned-lr methods, in one place so that one
+    experiment file (or one override) sizes every method at once: the method configs take their
+    defaults from here by interpolation (conf/method/*.yaml), and ``method.*`` still overrides one
+    method. Methods without an offline phase ignore it."""
+
+    steps: int = 2500  # S_init: meta steps of Algorithms 1/3 (adalfl, ml3, metalr, taylorglo search=gradient)
+    population: int = 28  # CMA-ES population per generation (taylorglo search=cmaes)
+    generations: int = 20  # CMA-ES generations (taylorglo search=cmaes)
+    partial_steps: int = 250  # base steps of one candidate's partial training (taylorglo search=cmaes)
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 500  # base steps between checkpoints; 0 disables them
     resume: bool = True
@@ -109,6 +122,7 @@ class Config:
     deterministic: bool = False  # torch.use_deterministic_algorithms, for GPU bit-reproducibility
     progress: bool = True  # progress bar when attached to a terminal
     experiment: Optional[str] = None  # set by experiment configs; tags runs and names sweep folders
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     threads: str = "auto"  # PyTorch threads per job: auto (see adalfl.sweep.threads) or a count
 

@@ -97,3 +97,43 @@ class OutputWiseLoss(nn.Module):
         """l(prediction, target) for a fixed target value over a grid of predictions (for plots)."""
         pairs = torch.stack((points, torch.full_like(points, target_value)), dim=-1)
         return self.pointwise(pairs)
+
+
+TAYLOR_TERMS = ("u", "u^2", "u^3", "u*v", "u^2*v", "u*v^2")
+
+
+class TaylorPolynomial(nn.Module):
+    """TaylorGLO's loss family: a third-order bivariate Taylor polynomial in (prediction x, target y),
+    expanded around a learned centre (a, b). With u = x - a and v = y - b,
+
+        l(x, y) = c1 u + c2 u^2 + c3 u^3 + c4 u v + c5 u^2 v + c6 u v^2
+
+    ``theta`` = (a, b, c1, ..., c6): 8 parameters. The full third-order expansion also has a constant
+    and the terms v, v^2, v^3; they do not depend on the prediction, so they never change a base
+    gradient and are dropped (as TaylorGLO does). The Taylor factors 1/2 and 1/6 are absorbed into the
+    coefficients: the same family, a different scaling of the search space.
+    """
+
+    def __init__(self, theta: Sequence[float] | None = None) -> None:
+        super().__init__()
+        initial = torch.zeros(8) if theta is None else torch.as_tensor(theta, dtype=torch.float32).clone()
+        if initial.shape != (8,):
+            raise ValueError(f"a Taylor polynomial has 8 parameters (a, b, c1..c6), got shape {tuple(initial.shape)}")
+        self.theta = nn.Parameter(initial)
+
+    @staticmethod
+    def squared_error() -> list[float]:
+        """theta for l = (x - y)^2 = u^2 - 2 u v + (terms without u), centred at (0, 0): the task
+        loss of regression and the Brier score of classification, a sensible starting point."""
+        return [0.0, 0.0, 0.0, 1.0, 0.0, -2.0, 0.0, 0.0]
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        theta = self.theta.to(pairs.dtype)
+        u = pairs[..., 0] - theta[0]
+        v = pairs[..., 1] - theta[1]
+        c = theta[2:]
+        # Horner-style in u: u * (c1 + c4 v + c6 v^2 + u (c2 + c5 v + c3 u))
+        return u * (c[0] + v * (c[3] + c[5] * v) + u * (c[1] + c[4] * v + c[2] * u))
+
+    def extra_repr(self) -> str:
+        return "l(x, y) = c1 u + c2 u^2 + c3 u^3 + c4 u v + c5 u^2 v + c6 u v^2, u = x - a, v = y - b"

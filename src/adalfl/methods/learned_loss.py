@@ -11,7 +11,7 @@ from torch import nn
 
 from adalfl.losses import Task
 from adalfl.losses.learned import OutputWiseLoss
-from adalfl.methods.base import Moment
+from adalfl.methods.base import FixedLossMethod, Moment
 from adalfl.track.plots import learned_loss as plot_learned_loss
 from adalfl.train.job import Job
 from adalfl.utils import atomic_write_json
@@ -80,3 +80,67 @@ class LossWatcher:
 
 def build_loss(task: Task, pointwise: nn.Module, device: torch.device) -> OutputWiseLoss:
     return OutputWiseLoss(task, pointwise).to(device)
+
+
+def plot_offline_phase(job: Job, loss: OutputWiseLoss, before: dict, after: dict, name: str) -> None:
+    """The loss before and after an offline search (``step`` = offline steps or generations), as
+    ``learned_loss_offline.png`` and a W&B image: the one picture of what an offline method learned."""
+    path = plot_learned_loss([before, after], job.task.classification, job.out_dir / "learned_loss_offline.png",
+                             f"{job.title}: {name}")
+    job.tracker.image("plots/learned_loss_offline", path, "offline", int(after["step"]))
+    torch.save(loss.state_dict(), job.out_dir / "learned_loss_offline.pt")
+
+
+class OfflineLearnedLoss(FixedLossMethod):
+    """A loss learned in the offline phase, then frozen: the base model (the job's fresh theta_0) is
+    trained with it by plain ``torch.optim.SGD`` for the whole budget (ML3, TaylorGLO-style).
+
+    Subclasses build ``self.loss`` in ``build_loss`` and learn it in ``search``. The loss is frozen
+    (``requires_grad=False``) once learned, so base steps never accumulate gradients into it.
+    """
+
+    def __init__(self, name: str, plot_every: int = 0) -> None:
+        super().__init__(name)
+        self.watcher = LossWatcher(plot_every)
+        self.loss: OutputWiseLoss | None = None
+
+    def build_loss(self, job: Job) -> OutputWiseLoss:
+        raise NotImplementedError
+
+    def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
+        """Learn the loss in place. Returns a short description for the offline plot's title and
+        the length of the search (offline steps or generations) to label the learned curve."""
+        raise NotImplementedError
+
+    def setup(self, job: Job, model: nn.Module) -> None:
+        self.loss = self.build_loss(job)
+
+    def offline(self, job: Job, model: nn.Module) -> None:
+        assert self.loss is not None
+        before = loss_curves(self.loss, job.task, 0)
+        description, length = self.search(job, self.loss)
+        after = loss_curves(self.loss, job.task, length)
+        plot_offline_phase(job, self.loss, before, after, description)
+        self.freeze()
+
+    def freeze(self) -> None:
+        assert self.loss is not None
+        self.loss.requires_grad_(False)
+
+    def base_loss(self, job: Job, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        assert self.loss is not None
+        return self.loss(output, target)
+
+    def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
+        assert self.loss is not None
+        self.watcher.observe(job, self.loss, step, moment)
+
+    def state_dict(self) -> dict:
+        assert self.loss is not None
+        return {"loss": self.loss.state_dict(), "watcher": self.watcher.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        assert self.loss is not None
+        self.loss.load_state_dict(state["loss"])
+        self.watcher.load_state_dict(state["watcher"])
+        self.freeze()  # a checkpoint is only ever written after the offline phase

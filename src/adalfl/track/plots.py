@@ -63,3 +63,25 @@ def learned_loss(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def meta_learning_rate(
+    offline: tuple[list[int], list[float]], online: tuple[list[int], list[float]], path: Path, title: str
+) -> Path:
+    """The meta-learned base learning rate (log scale): over offline meta steps (Algorithm 3) on the
+    left, over base training steps (Algorithm 4) on the right."""
+    fig, (ax_off, ax_on) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (steps, values), label in ((ax_off, offline, "offline meta step"), (ax_on, online, "base step")):
+        if steps:
+            ax.plot(steps, values, marker="." if len(steps) < 30 else None, linewidth=1)
+            if min(values) > 0:
+                ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("learning rate")
+    ax_off.set_title("initialisation (Algorithm 3)", fontsize=9)
+    ax_on.set_title("adaptation (Algorithm 4)", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

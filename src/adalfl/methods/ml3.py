@@ -1,0 +1,69 @@
+"""ML3 (Bechtle et al., 2021) as the AdaLFL paper uses it as a baseline: a loss network learned
+offline by unrolled meta-gradients (Algorithm 1), then frozen, and a fresh model trained with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from adalfl.config import ConfigError, MethodConfig
+from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
+from adalfl.meta import make_engine
+from adalfl.methods.learned_loss import LossNetConfig, OfflineLearnedLoss, build_loss
+from adalfl.methods.metalearning import offline_meta_training
+from adalfl.train.job import Job
+
+
+@dataclass
+class OfflineMetaConfig:
+    """Algorithm 1's settings, shared by ML3 and TaylorGLO's gradient search."""
+
+    backend: str = "func"  # func (torch.func, default) | higher
+    init_steps: int = 2500  # S_init (conf/method/*.yaml: ${offline.steps})
+    init_lr: float = 1e-3  # Adam, offline (paper)
+
+
+def _ml3_network() -> LossNetConfig:
+    # ML3's network: ReLU hidden layers, Softplus output. Widths as AdaLFL's (2 x 40) so that the
+    # two methods differ only in how the loss is learned, not in its capacity.
+    return LossNetConfig(hidden=[40, 40], activation="relu", output_activation="softplus")
+
+
+@dataclass
+class ML3Config(MethodConfig):
+    _target_: str = "adalfl.methods.ml3.ML3"
+    name: str = "ml3"
+    loss: LossNetConfig = field(default_factory=_ml3_network)
+    meta: OfflineMetaConfig = field(default_factory=OfflineMetaConfig)
+    plot_every: int = 0  # base steps between learned-loss plots (0: start and end; the loss is frozen)
+
+
+CONFIG_SCHEMA = ML3Config
+
+
+def check_offline_meta(meta: OfflineMetaConfig) -> None:
+    if meta.init_steps < 0:
+        raise ConfigError(f"method.meta.init_steps must be >= 0, got {meta.init_steps}")
+    if meta.init_lr < 0:
+        raise ConfigError(f"method.meta.init_lr must be >= 0, got {meta.init_lr}")
+
+
+class ML3(OfflineLearnedLoss):
+    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0) -> None:
+        super().__init__(name, plot_every)
+        self.loss_cfg = LossNetConfig(**loss)
+        self.meta_cfg = OfflineMetaConfig(**meta)
+        check_offline_meta(self.meta_cfg)
+        self.engine = make_engine(self.meta_cfg.backend)
+
+    def build_loss(self, job: Job) -> OutputWiseLoss:
+        cfg = self.loss_cfg
+        pointwise = PointwiseNetwork(
+            hidden=cfg.hidden, activation=cfg.activation, output_activation=cfg.output_activation,
+            beta=cfg.beta, gamma=cfg.gamma, init=cfg.init,
+        )
+        return build_loss(job.task, pointwise, job.device)
+
+    def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
+        steps = self.meta_cfg.init_steps
+        offline_meta_training(job, self.engine, list(loss.parameters()), loss, steps, self.meta_cfg.init_lr)
+        return f"ML3 loss before / after {steps} offline meta steps", steps

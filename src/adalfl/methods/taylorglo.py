@@ -1,0 +1,210 @@
+"""TaylorGLO-style baseline (Gonzalez & Miikkulainen, 2021): an 8-parameter third-order Taylor
+polynomial loss (``TaylorPolynomial``), searched offline, then frozen; a fresh model is trained
+with it by plain SGD for the full budget.
+
+Two searches over the same 8 numbers:
+
+* ``cmaes`` (default, as TaylorGLO): CMA-ES (the ``cma`` package). A candidate's fitness is the
+  validation metric after a short partial training run. Every candidate starts from ONE fixed
+  initialisation and sees the same batch order and random draws, so fitness differences come from
+  the loss alone. The initial polynomial is evaluated too, and the best polynomial ever evaluated
+  is kept: the search never returns a loss worse (on its fitness) than the one it started from.
+* ``gradient``: Algorithm 1's unrolled meta-gradients (as ML3), a cheaper option.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from adalfl.config import ConfigError, MethodConfig
+from adalfl.data import BatchSampler
+from adalfl.losses.learned import OutputWiseLoss, TaylorPolynomial
+from adalfl.meta import make_engine
+from adalfl.methods.learned_loss import OfflineLearnedLoss, build_loss
+from adalfl.methods.metalearning import offline_meta_training
+from adalfl.methods.ml3 import OfflineMetaConfig, check_offline_meta
+from adalfl.train.evaluate import evaluate
+from adalfl.train.job import Job
+
+# Fitness of a candidate whose partial training diverged (CMA-ES minimises; it only uses ranks,
+# so any value above every finite fitness ranks the candidate last).
+NONFINITE_FITNESS = 1e10
+
+
+@dataclass
+class CMAESConfig:
+    population: int = 28  # candidates per generation (conf/method/taylorglo.yaml: ${offline.population})
+    generations: int = 20  # (${offline.generations})
+    sigma: float = 1.2  # initial step size of the search distribution
+    partial_steps: int = 250  # base steps of one candidate's partial training (${offline.partial_steps})
+
+
+@dataclass
+class TaylorGLOConfig(MethodConfig):
+    _target_: str = "adalfl.methods.taylorglo.TaylorGLO"
+    name: str = "taylorglo"
+    search: str = "cmaes"  # cmaes | gradient
+    init: str = "squared_error"  # squared_error | zeros: the polynomial the search starts from
+    cmaes: CMAESConfig = field(default_factory=CMAESConfig)
+    meta: OfflineMetaConfig = field(default_factory=OfflineMetaConfig)  # search=gradient
+    plot_every: int = 0
+
+
+CONFIG_SCHEMA = TaylorGLOConfig
+
+
+@dataclass
+class Generation:
+    index: int
+    best: float  # this generation's best fitness
+    mean: float  # mean over its finite fitnesses (nan if none)
+    nonfinite: int  # candidates whose partial training diverged
+    best_so_far: float
+    sigma: float
+
+
+def cmaes_minimise(
+    fitness: Callable[[np.ndarray], float],
+    x0: Sequence[float],
+    sigma: float,
+    population: int,
+    generations: int,
+    seed: int,
+    on_generation: Optional[Callable[[Generation], None]] = None,
+) -> tuple[np.ndarray, float]:
+    """Minimise ``fitness`` with CMA-ES for a fixed number of generations; x0 is evaluated first.
+    Non-finite fitness counts as ``NONFINITE_FITNESS``. Returns the best point ever evaluated and
+    its fitness (so the result is never worse than x0)."""
+    import cma
+
+    def score(x: np.ndarray) -> float:
+        value = float(fitness(np.asarray(x, dtype=np.float64)))
+        return value if math.isfinite(value) else math.inf
+
+    best_x = np.asarray(x0, dtype=np.float64)
+    best_f = score(best_x)
+    if on_generation is not None:
+        on_generation(Generation(0, best_f, best_f, int(not math.isfinite(best_f)), best_f, sigma))
+    # cma's seed 0 means "from the clock": offset it so every job seed is reproducible.
+    es = cma.CMAEvolutionStrategy(list(best_x), sigma, {"popsize": population, "seed": seed + 1, "verbose": -9})
+    for index in range(1, generations + 1):
+        candidates = es.ask()
+        values = [score(x) for x in candidates]
+        finite = [v for v in values if math.isfinite(v)]
+        es.tell(candidates, [v if math.isfinite(v) else NONFINITE_FITNESS for v in values])
+        gen_best = min(values)
+        if gen_best < best_f:
+            best_f, best_x = gen_best, np.asarray(candidates[values.index(gen_best)], dtype=np.float64)
+        if on_generation is not None:
+            on_generation(Generation(index, gen_best, float(np.mean(finite)) if finite else math.nan,
+                                     len(values) - len(finite), best_f, float(es.sigma)))
+    return best_x, best_f
+
+
+class PartialTraining:
+    """The fitness of a loss: the validation metric after ``steps`` plain SGD steps from one fixed
+    theta_0, with the same batch order and the same random draws (augmentation, dropout) for every
+    candidate. The job's own samplers, model and RNG streams are left untouched."""
+
+    def __init__(self, job: Job, steps: int) -> None:
+        self.job = job
+        self.steps = steps
+        self.seed = int(job.cfg.seed) + 2_000_003
+        # The search's fixed theta_0: drawn from its own seed (not the job's model, and the same
+        # whenever it is drawn), without moving the global RNG stream.
+        with torch.random.fork_rng(devices=self._devices()):
+            torch.manual_seed(self.seed)
+            self.model = job.build_model()
+        self.theta0 = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    def _devices(self) -> list[torch.device]:
+        return [self.job.device] if self.job.device.type == "cuda" else []
+
+    def __call__(self, loss: OutputWiseLoss) -> float:
+        job, model = self.job, self.model
+        model.load_state_dict(self.theta0)
+        model.train()
+        optimizer, _ = job.build_optimizer(list(model.parameters()))  # fresh: no momentum yet
+        sampler = BatchSampler(job.data.train, int(job.cfg.dataset.batch_size), seed=self.seed)
+        with torch.random.fork_rng(devices=self._devices()):
+            torch.manual_seed(self.seed)
+            for _ in range(self.steps):
+                x, y = sampler.next()
+                value = loss(model(job.data.prepare(x, training=True)), y)
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                optimizer.step()
+        # A diverged run can still give a finite error rate (argmax of NaN), so check theta itself.
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            return math.nan
+        metrics = evaluate(model, job.data.val, job.data, job.task, int(job.cfg.dataset.eval_batch_size))
+        return metrics[job.task.metric_name]
+
+
+class TaylorGLO(OfflineLearnedLoss):
+    def __init__(self, name: str, search: str, init: str, cmaes: dict, meta: dict, plot_every: int = 0) -> None:
+        super().__init__(name, plot_every)
+        if search not in ("cmaes", "gradient"):
+            raise ConfigError(f"method.search must be cmaes or gradient, got {search!r}")
+        if init not in ("squared_error", "zeros"):
+            raise ConfigError(f"method.init must be squared_error or zeros, got {init!r}")
+        self.search_name, self.init = search, init
+        self.cmaes_cfg = CMAESConfig(**cmaes)
+        self.meta_cfg = OfflineMetaConfig(**meta)
+        c = self.cmaes_cfg
+        if c.population < 2 or c.generations < 0 or c.partial_steps < 1 or not c.sigma > 0:
+            raise ConfigError("method.cmaes needs population >= 2, generations >= 0, partial_steps >= 1, sigma > 0")
+        check_offline_meta(self.meta_cfg)
+        self.engine = make_engine(self.meta_cfg.backend)
+
+    def build_loss(self, job: Job) -> OutputWiseLoss:
+        theta = TaylorPolynomial.squared_error() if self.init == "squared_error" else None
+        return build_loss(job.task, TaylorPolynomial(theta), job.device)
+
+    def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
+        theta = loss.pointwise.theta
+        if self.search_name == "gradient":
+            steps = self.meta_cfg.init_steps
+            offline_meta_training(job, self.engine, [theta], loss, steps, self.meta_cfg.init_lr,
+                                  extra_scalars=lambda: self._theta_scalars(theta))
+            return f"Taylor loss before / after {steps} offline meta steps", steps
+
+        c = self.cmaes_cfg
+        theta.requires_grad_(False)  # partial training must not accumulate gradients into theta
+        fitness_of = PartialTraining(job, c.partial_steps)
+
+        def fitness(x: np.ndarray) -> float:
+            with torch.no_grad():
+                theta.copy_(torch.as_tensor(x, dtype=theta.dtype))
+            return fitness_of(loss)
+
+        def log(gen: Generation) -> None:
+            job.tracker.log("offline", gen.index, {
+                "offline/cmaes_best": gen.best, "offline/cmaes_mean": gen.mean,
+                "offline/cmaes_best_so_far": gen.best_so_far, "offline/cmaes_nonfinite": gen.nonfinite,
+                "offline/cmaes_sigma": gen.sigma,
+            })
+            job.log.info("[%s] CMA-ES generation %d/%d: best %.4g, mean %.4g, best so far %.4g",
+                         job.title, gen.index, c.generations, gen.best, gen.mean, gen.best_so_far)
+
+        x0 = theta.detach().cpu().double().numpy().copy()
+        best_x, best_f = cmaes_minimise(fitness, x0, c.sigma, c.population, c.generations, int(job.cfg.seed), log)
+        if not math.isfinite(best_f):
+            raise RuntimeError("TaylorGLO search: every candidate's partial training diverged; lower optimizer.lr "
+                               "or method.cmaes.sigma")
+        with torch.no_grad():
+            theta.copy_(torch.as_tensor(best_x, dtype=theta.dtype))
+        theta.requires_grad_(True)
+        job.tracker.log("offline", c.generations, self._theta_scalars(theta))
+        return f"Taylor loss before / after {c.generations} CMA-ES generations", c.generations
+
+    @staticmethod
+    def _theta_scalars(theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        names = ("a", "b", "c1", "c2", "c3", "c4", "c5", "c6")
+        return {f"offline/taylor_{n}": theta[i].detach() for i, n in enumerate(names)}
