@@ -31,7 +31,7 @@ def test_basic_sweep_names_job_folders_from_overrides(tmp_path: Path) -> None:
 
 def test_failed_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_main(["-m", "dataset=diabetes", "optimizer.lr=-1,0.001", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_main(["-m", "dataset=diabetes", "method=ce", "optimizer.lr=-1,0.001", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert proc.returncode != 0  # the sweep reports the failure
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
     assert len(results) == 2
