@@ -8,8 +8,9 @@ Adam on phi, write-back) and measures their peak memory.
 Timing: CE and AdaLFL steps are interleaved in blocks, so that a busy machine slows both alike;
 the median per-step wall time of each is reported, and ``adalfl_over_ce`` is their ratio.
 Memory: each (model, method, backend) runs alone in a fresh subprocess; on CPU the figure is the
-growth of the process's peak resident memory over its resident memory after set-up (the peak
-is reset there),
+growth of the process's peak resident memory over its resident memory after set-up and one
+warm-up step (the peak is reset there), with glibc told to map every block of 16 KiB or more
+and return it on free, so that resident memory follows the live tensors;
 on CUDA ``torch.cuda.max_memory_allocated`` during the steps.
 
     python benchmarks/step_cost.py                                # CPU, or the first GPU
@@ -132,8 +133,9 @@ def memory_one(name: str, method: str, backend: str, cfg: dict, device: torch.de
             step()
         sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    step()  # one-time costs (lazy imports, kernel set-up) are not the step's
     before = _status_mb("VmRSS")
-    _reset_peak_rss()  # the imports' peak is not the step's
+    _reset_peak_rss()  # nor is the imports' peak
     for _ in range(3):
         step()
     return _status_mb("VmHWM") - before
@@ -142,7 +144,9 @@ def memory_one(name: str, method: str, backend: str, cfg: dict, device: torch.de
 def memory(name: str, method: str, backend: str, cfg: dict) -> float:
     args = [f"only={name}:{method}:{backend}", f"device={cfg['device']}", f"threads={cfg['threads']}",
             f"batch_size={cfg['batch_size']}"]
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    # Large blocks mmap'd and returned on free: resident memory then follows the live tensors.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384", "MALLOC_TRIM_THRESHOLD_": "0"}
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True, env=env)
     return round(json.loads(out.stdout)["peak_mb"], 1)
 
 
