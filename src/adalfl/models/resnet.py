@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -35,14 +36,16 @@ class ResNet18(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the input; a 1x1 conv shortcut when the shape changes."""
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus the input; a 1x1 conv shortcut when the shape
+    changes. Dropout between the convolutions is the Wide ResNet variant (Zagoruyko & Komodakis)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.dropout = dropout
         self.shortcut = None
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False)
@@ -51,9 +54,10 @@ class PreActBlock(nn.Module):
         out = torch.relu(self.bn1(x))
         # The projection shortcut sees the pre-activated input, as in He et al. (2016b).
         skip = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv1(out)
-        out = self.conv2(torch.relu(self.bn2(out)))
-        return out + skip
+        out = torch.relu(self.bn2(self.conv1(out)))
+        if self.dropout > 0:
+            out = F.dropout(out, self.dropout, self.training)
+        return self.conv2(out) + skip
 
 
 class PreResNet(nn.Module):

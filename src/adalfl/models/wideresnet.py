@@ -15,28 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adalfl.models.common import image_shape
-
-
-class WideBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.dropout = dropout
-        self.shortcut = None
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(x))
-        skip = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv1(out)
-        out = torch.relu(self.bn2(out))
-        if self.dropout > 0:
-            out = F.dropout(out, self.dropout, self.training)
-        return self.conv2(out) + skip
+from adalfl.models.resnet import PreActBlock
 
 
 class WideResNet(nn.Module):
@@ -54,7 +33,7 @@ class WideResNet(nn.Module):
         for stage, base in enumerate((16, 32, 64)):
             c_out = base * widen_factor
             for i in range(n):
-                blocks.append(WideBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1, dropout=dropout))
+                blocks.append(PreActBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1, dropout=dropout))
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(c_in)
