@@ -87,9 +87,9 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
         record["device"] = str(device)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        wandb = WandbLogger(cfg, out_dir)
-        tracker = Tracker(out_dir, wandb)
-        job, model = build_job(cfg, out_dir, device, tracker, timer)
+        tracker = Tracker(out_dir)
+        job, model = build_job(cfg, out_dir, device, tracker, timer)  # missing data fails here, before W&B
+        wandb = tracker.wandb = WandbLogger(cfg, out_dir)
         method = build_method(cfg)
         with deferred_stop_signals():  # Slurm's time-limit/preemption warning: checkpoint, then stop
             progress = fit(job, model, method)
