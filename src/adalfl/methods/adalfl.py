@@ -32,7 +32,7 @@ class AdaLFLConfig(MethodConfig):
     name: str = "adalfl"
     loss: LossNetConfig = field(default_factory=LossNetConfig)
     meta: AdaLFLMetaConfig = field(default_factory=AdaLFLMetaConfig)
-    plot_every: int = 0  # base steps between learned-loss plots (0: at the start and the end only)
+    plot_every: int = 0  # base steps between learned-loss plots (0: a quarter of dataset.steps); also start and end
 
 
 CONFIG_SCHEMA = AdaLFLConfig
@@ -62,6 +62,8 @@ class AdaLFL(Method):
             init=self.loss_cfg.init,
         )
         self.loss = build_loss(job.task, pointwise, job.device)
+        if self.watcher.plot_every == 0:  # the loss changes all through training: watch it four times
+            self.watcher.plot_every = max(1, int(job.cfg.dataset.steps) // 4)
         self.online = OnlineMetaStep(self.engine, list(self.loss.parameters()), self.meta_cfg.online_lr)
         # The base optimiser is stepped through the engine, never through optimizer.step(), which
         # the schedule's first step() would otherwise warn about.

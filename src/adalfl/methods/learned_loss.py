@@ -51,7 +51,9 @@ class LossWatcher:
         self.snapshots: list[dict] = []
 
     def observe(self, job: Job, loss: OutputWiseLoss, step: int, moment: Moment) -> None:
-        due = moment in ("start", "end") or (self.plot_every > 0 and step % self.plot_every == 0)
+        last = self.snapshots[-1]["step"] if self.snapshots else 0
+        # Plots happen at evaluations: take the first one at or past each multiple of plot_every.
+        due = moment in ("start", "end") or (self.plot_every > 0 and step // self.plot_every > last // self.plot_every)
         if not due or any(s["step"] == step for s in self.snapshots):
             return
         snap = loss_curves(loss, job.task, step)
