@@ -52,6 +52,7 @@ SETTINGS = {
     "backends": ["func", "higher"],
     "memory": True,
     "batch_size": 128,
+    "channels_last": True,  # image models and batches in NHWC memory format, as jobs do by default (channels_last=true)
     # internal: one memory measurement in a subprocess
     "only": "",
 }
@@ -66,20 +67,24 @@ MODELS = {
 }
 
 
-def build(name: str, method: str, backend: str, device: torch.device, batch_size: int):  # noqa: ANN201
+def build(name: str, method: str, backend: str, device: torch.device, batch_size: int,
+          channels_last: bool = False):  # noqa: ANN201
     """The model, its optimiser and the method's real train_step, on fixed random batches."""
     torch.manual_seed(0)
     make, shape, sgd = MODELS[name]
-    model = make().to(device)
+    fmt = torch.channels_last if channels_last and len(shape) == 3 else torch.contiguous_format
+    model = make().to(device, memory_format=fmt)
     optimizer = torch.optim.SGD(model.parameters(), **sgd)
-    train = Batch(torch.randn(batch_size, *shape, device=device), torch.randint(0, 10, (batch_size,), device=device))
-    val = Batch(torch.randn(batch_size, *shape, device=device), torch.randint(0, 10, (batch_size,), device=device))
+    train = Batch(torch.randn(batch_size, *shape, device=device).contiguous(memory_format=fmt),
+                  torch.randint(0, 10, (batch_size,), device=device))
+    val = Batch(torch.randn(batch_size, *shape, device=device).contiguous(memory_format=fmt),
+                torch.randint(0, 10, (batch_size,), device=device))
     job = SimpleNamespace(task=Task("classification", 10), device=device,
                           train_batch=lambda: train, val_batch=lambda: val)
     if method == "ce":
         impl = CrossEntropy("ce")
     else:
-        impl = AdaLFL("adalfl", loss={}, meta={"backend": backend, "init_steps": 0})
+        impl = AdaLFL("adalfl", loss={}, meta={"backend": backend, "init_steps": 0}, plot_every=1)  # observe() is never called here
     impl.setup(job, model)
     return lambda: impl.train_step(job, model, optimizer)
 
@@ -93,8 +98,8 @@ def timed(step, device: torch.device) -> float:  # noqa: ANN001
 
 
 def time_pair(name: str, backend: str, cfg: dict, device: torch.device) -> dict:
-    ce = build(name, "ce", backend, device, cfg["batch_size"])
-    ada = build(name, "adalfl", backend, device, cfg["batch_size"])
+    ce = build(name, "ce", backend, device, cfg["batch_size"], cfg["channels_last"])
+    ada = build(name, "adalfl", backend, device, cfg["batch_size"], cfg["channels_last"])
     for _ in range(3):  # warm-up
         ce()
         ada()
@@ -123,7 +128,7 @@ def _reset_peak_rss() -> None:
 
 def memory_one(name: str, method: str, backend: str, cfg: dict, device: torch.device) -> float:
     """Peak memory (MB) of a few steps of one method, measured in this (fresh) process."""
-    step = build(name, method, backend, device, cfg["batch_size"])
+    step = build(name, method, backend, device, cfg["batch_size"], cfg["channels_last"])
     if device.type == "cuda":
         step()
         sync(device)
@@ -143,7 +148,7 @@ def memory_one(name: str, method: str, backend: str, cfg: dict, device: torch.de
 
 def memory(name: str, method: str, backend: str, cfg: dict) -> float:
     args = [f"only={name}:{method}:{backend}", f"device={cfg['device']}", f"threads={cfg['threads']}",
-            f"batch_size={cfg['batch_size']}"]
+            f"batch_size={cfg['batch_size']}", f"channels_last={cfg['channels_last']}"]
     # Large blocks mmap'd and returned on free: resident memory then follows the live tensors.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384", "MALLOC_TRIM_THRESHOLD_": "0"}
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True, env=env)

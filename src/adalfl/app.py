@@ -136,6 +136,7 @@ def build_job(
     """Seed, load the data and build the job's model (theta_0) and shared services."""
     seed_everything(int(cfg.seed))
     data = load_data(cfg.dataset, device)
+    data.channels_last = _channels_last(cfg)
     build_model = partial(_build_model, cfg, device)
     model = build_model()  # built before any offline phase: every method starts from the same theta_0
     job = Job(
@@ -171,7 +172,11 @@ def _build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
         model = instantiate(cfg.model, _convert_="all")
     except Exception as err:
         raise ConfigError(f"cannot build model {cfg.model._target_}: {err}") from err
-    return model.to(device)
+    return model.to(device, memory_format=torch.channels_last if _channels_last(cfg) else torch.preserve_format)
+
+
+def _channels_last(cfg: DictConfig) -> bool:
+    return bool(cfg.channels_last) and len(cfg.dataset.input_shape) == 3  # images only
 
 
 def _build_optimizer(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -46,20 +46,14 @@ class Data:
     test: Split
     transform: Optional[BatchTransform] = None
     info: dict = field(default_factory=dict)
+    channels_last: bool = False  # hand image batches to the model in NHWC memory format
 
     def to(self, device: torch.device) -> "Data":
-        return Data(
-            self.task,
-            self.num_outputs,
-            self.train.to(device),
-            self.val.to(device),
-            self.test.to(device),
-            self.transform,
-            self.info,
-        )
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
     def prepare(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        return x if self.transform is None else self.transform(x, training)
+        x = x if self.transform is None else self.transform(x, training)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def load_data(cfg: DictConfig, device: torch.device) -> Data:
