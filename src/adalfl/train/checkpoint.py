@@ -105,7 +105,3 @@ class Checkpointer:
         if damaged:
             log.warning("no intact checkpoint in %s: the job restarts from scratch", self.path.parent)
         return None
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.previous.unlink(missing_ok=True)
