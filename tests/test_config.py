@@ -103,6 +103,7 @@ def test_cli_reports_bad_values_in_one_line(tmp_path: Path) -> None:
     proc = run_main(["optimizer.lr=-1", "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert proc.returncode != 0
     assert "optimizer.lr must be positive, got -1.0" in proc.stderr
+    assert "Traceback" not in proc.stderr  # a user mistake gets one line, not a stack trace
     proc = run_main(["optimizer.lrr=1", "logger=none"], cwd=tmp_path)
     assert proc.returncode != 0
     assert "optimizer.lrr" in proc.stderr

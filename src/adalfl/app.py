@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from adalfl.config import ConfigError, model_name, validate
-from adalfl.data import BatchSampler, load_data
+from adalfl.data import BatchSampler, DataNotFoundError, load_data
 from adalfl.losses import Task
 from adalfl.methods.base import Method
 from adalfl.sweep.threads import configure_threads
@@ -34,6 +34,8 @@ from adalfl.utils import PhaseTimer, atomic_write_json, git_commit, resolve_devi
 log = logging.getLogger("adalfl")
 
 RESULT_FILE = "result.json"
+# Problems the user fixes with a different command, reported in one line by main.py.
+USER_ERRORS = (ConfigError, DataNotFoundError)
 
 
 def output_dir() -> Path:
