@@ -12,7 +12,6 @@ import torch
 
 from adalfl.app import build_job, run
 from adalfl.config import ConfigError
-from adalfl.losses import Task
 from adalfl.losses.learned import OutputWiseLoss, TaylorPolynomial
 from adalfl.methods.metalr import MetaLR
 from adalfl.methods.ml3 import ML3

@@ -20,7 +20,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from adalfl.config import ConfigError, MethodConfig
 from adalfl.data import BatchSampler

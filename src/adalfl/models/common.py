@@ -7,7 +7,7 @@ fresh initialisations with ``adalfl.models.reset_parameters`` (each layer's own
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -38,3 +38,30 @@ def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, paddin
         layers.append(nn.BatchNorm2d(c_out))
     layers.append(nn.ReLU(inplace=True))
     return layers
+
+
+class ResidualTrunk(nn.Module):
+    """The shape PreResNet, Wide ResNet and PyramidNet share: a 16-channel ``stem`` (set by the
+    subclass), residual blocks in three stages (the first block of stages 2 and 3 halves the
+    resolution), then BN-ReLU, global average pooling and a linear head."""
+
+    stem: nn.Module
+
+    def _build(
+        self, widths: Sequence[int], make_block: Callable[[int, int, int], nn.Module], num_outputs: int
+    ) -> None:
+        """One block per entry of ``widths`` (its output channels), a third of them per stage."""
+        per_stage = len(widths) // 3
+        blocks: list[nn.Module] = []
+        c_in = 16
+        for i, c_out in enumerate(widths):
+            blocks.append(make_block(c_in, c_out, 2 if i in (per_stage, 2 * per_stage) else 1))
+            c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(c_in)
+        self.head = nn.Linear(c_in, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.stem(x))
+        out = torch.relu(self.bn(out)).mean(dim=(2, 3))
+        return self.head(out)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adalfl.models.common import image_shape
+from adalfl.models.common import ResidualTrunk, image_shape
 
 
 class PyramidBlock(nn.Module):
@@ -37,7 +37,7 @@ class PyramidBlock(nn.Module):
         return out + skip
 
 
-class PyramidNet(nn.Module):
+class PyramidNet(ResidualTrunk):
     def __init__(self, input_shape: Sequence[int], num_outputs: int, depth: int = 110, alpha: int = 48) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
@@ -45,20 +45,6 @@ class PyramidNet(nn.Module):
         n = (depth - 2) // 6
         c, _, _ = image_shape(input_shape, "PyramidNet")
         self.stem = nn.Sequential(nn.Conv2d(c, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
-        blocks: list[nn.Module] = []
-        width = 16.0
-        c_in = 16
-        for stage in range(3):
-            for i in range(n):
-                width += alpha / (3 * n)
-                c_out = int(round(width))
-                blocks.append(PyramidBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1))
-                c_in = c_out
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(c_in)
-        self.head = nn.Linear(c_in, num_outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.blocks(self.stem(x))
-        out = torch.relu(self.bn(out)).mean(dim=(2, 3))
-        return self.head(out)
+        # The width grows by alpha / (3n) at every block, rounded per block.
+        widths = [int(round(16.0 + alpha * (j + 1) / (3 * n))) for j in range(3 * n)]
+        self._build(widths, PyramidBlock, num_outputs)

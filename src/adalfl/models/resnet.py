@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from adalfl.models.common import image_shape
+from adalfl.models.common import ResidualTrunk, image_shape
 from adalfl.models.simple import reset_parameters
 
 
@@ -60,7 +60,7 @@ class PreActBlock(nn.Module):
         return self.conv2(out) + skip
 
 
-class PreResNet(nn.Module):
+class PreResNet(ResidualTrunk):
     """Pre-activation ResNet for 32x32 images: depth = 6n + 2 (n blocks per stage, 3 stages of
     16, 32 and 64 channels times ``width``), final BN-ReLU, global average pool, linear head."""
 
@@ -72,17 +72,4 @@ class PreResNet(nn.Module):
         c, _, _ = image_shape(input_shape, "PreResNet")
         widths = [16 * width, 32 * width, 64 * width]
         self.stem = nn.Conv2d(c, 16, 3, 1, 1, bias=False)
-        blocks: list[nn.Module] = []
-        c_in = 16
-        for stage, c_out in enumerate(widths):
-            for i in range(n):
-                blocks.append(PreActBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1))
-                c_in = c_out
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(c_in)
-        self.head = nn.Linear(c_in, num_outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.blocks(self.stem(x))
-        out = torch.relu(self.bn(out)).mean(dim=(2, 3))
-        return self.head(out)
+        self._build([w for w in widths for _ in range(n)], PreActBlock, num_outputs)

@@ -8,16 +8,16 @@ convs of a block.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
-import torch
 from torch import nn
 
-from adalfl.models.common import image_shape
+from adalfl.models.common import ResidualTrunk, image_shape
 from adalfl.models.resnet import PreActBlock
 
 
-class WideResNet(nn.Module):
+class WideResNet(ResidualTrunk):
     def __init__(
         self, input_shape: Sequence[int], num_outputs: int, depth: int = 28, widen_factor: int = 10, dropout: float = 0.0
     ) -> None:
@@ -27,21 +27,8 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         c, _, _ = image_shape(input_shape, "WideResNet")
         self.stem = nn.Conv2d(c, 16, 3, 1, 1, bias=False)
-        blocks: list[nn.Module] = []
-        c_in = 16
-        for stage, base in enumerate((16, 32, 64)):
-            c_out = base * widen_factor
-            for i in range(n):
-                blocks.append(PreActBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1, dropout=dropout))
-                c_in = c_out
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(c_in)
-        self.head = nn.Linear(c_in, num_outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.blocks(self.stem(x))
-        out = torch.relu(self.bn(out)).mean(dim=(2, 3))
-        return self.head(out)
+        widths = [base * widen_factor for base in (16, 32, 64) for _ in range(n)]
+        self._build(widths, partial(PreActBlock, dropout=dropout), num_outputs)
 
 
 # Named constructors, so that the model name in folders and tables (the _target_'s last part)
