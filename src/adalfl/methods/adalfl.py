@@ -9,21 +9,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from adalfl.config import ConfigError, MethodConfig
+from adalfl.config import MethodConfig
 from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.meta import make_engine
 from adalfl.methods.base import Method, Moment
 from adalfl.methods.learned_loss import LossNetConfig, LossWatcher, build_loss
-from adalfl.methods.metalearning import OnlineMetaStep, offline_meta_training
+from adalfl.methods.metalearning import OnlineMetaConfig, OnlineMetaStep, offline_meta_training
 from adalfl.train.job import Job
-
-
-@dataclass
-class AdaLFLMetaConfig:
-    backend: str = "func"  # func (torch.func, default) | higher
-    init_steps: int = 2500  # S_init, Algorithm 1
-    init_lr: float = 1e-3  # Adam, offline
-    online_lr: float = 1e-5  # Adam, online (eta)
 
 
 @dataclass
@@ -31,7 +23,7 @@ class AdaLFLConfig(MethodConfig):
     _target_: str = "adalfl.methods.adalfl.AdaLFL"
     name: str = "adalfl"
     loss: LossNetConfig = field(default_factory=LossNetConfig)
-    meta: AdaLFLMetaConfig = field(default_factory=AdaLFLMetaConfig)
+    meta: OnlineMetaConfig = field(default_factory=OnlineMetaConfig)
     plot_every: int = 0  # base steps between learned-loss plots (0: a quarter of dataset.steps); also start and end
 
 
@@ -42,11 +34,8 @@ class AdaLFL(Method):
     def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0) -> None:
         super().__init__(name)
         self.loss_cfg = LossNetConfig(**loss)
-        self.meta_cfg = AdaLFLMetaConfig(**meta)
-        if self.meta_cfg.init_steps < 0:
-            raise ConfigError(f"method.meta.init_steps must be >= 0, got {self.meta_cfg.init_steps}")
-        if self.meta_cfg.init_lr < 0 or self.meta_cfg.online_lr < 0:
-            raise ConfigError("method.meta.init_lr and method.meta.online_lr must be >= 0")
+        self.meta_cfg = OnlineMetaConfig(**meta)
+        self.meta_cfg.check()
         self.engine = make_engine(self.meta_cfg.backend)
         self.watcher = LossWatcher(plot_every)
         self.loss: OutputWiseLoss | None = None

@@ -13,16 +13,45 @@ The meta parameters are whatever ``loss_fn`` / ``lr_fn`` close over: the loss ne
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
+from adalfl.config import ConfigError
 from adalfl.meta.engine import LossFn, MetaEngine, MetaStep
 from adalfl.models import reset_parameters
 from adalfl.train.job import Job
 
 LrFn = Callable[[], torch.Tensor]
+
+
+@dataclass
+class OfflineMetaConfig:
+    """``method.meta`` of an offline method (Algorithm 1 or 3): ML3, TaylorGLO's gradient search."""
+
+    backend: str = "func"  # func (torch.func, default) | higher
+    init_steps: int = 2500  # S_init (conf/method/*.yaml: ${offline.steps})
+    init_lr: float = 1e-3  # Adam, offline (paper)
+
+    def check(self) -> None:
+        if self.init_steps < 0:
+            raise ConfigError(f"method.meta.init_steps must be >= 0, got {self.init_steps}")
+        if self.init_lr < 0:
+            raise ConfigError(f"method.meta.init_lr must be >= 0, got {self.init_lr}")
+
+
+@dataclass
+class OnlineMetaConfig(OfflineMetaConfig):
+    """``method.meta`` of a method with an online phase too (Algorithms 2 and 4): AdaLFL, metalr."""
+
+    online_lr: float = 1e-5  # Adam, online (paper's eta)
+
+    def check(self) -> None:
+        super().check()
+        if self.online_lr < 0:
+            raise ConfigError(f"method.meta.online_lr must be >= 0, got {self.online_lr}")
 
 
 def total_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -26,24 +26,16 @@ from torch import nn
 from adalfl.config import ConfigError, MethodConfig
 from adalfl.meta import make_engine
 from adalfl.methods.base import Method, Moment
-from adalfl.methods.metalearning import OnlineMetaStep, offline_meta_training
+from adalfl.methods.metalearning import OnlineMetaConfig, OnlineMetaStep, offline_meta_training
 from adalfl.track.plots import meta_learning_rate
 from adalfl.train.job import Job
-
-
-@dataclass
-class MetaLRMetaConfig:
-    backend: str = "func"  # func (torch.func, default) | higher
-    init_steps: int = 2500  # S_init, Algorithm 3 (conf/method/metalr.yaml: ${offline.steps})
-    init_lr: float = 1e-3  # Adam on log(alpha), offline (paper's offline meta lr)
-    online_lr: float = 1e-5  # Adam on log(alpha), online (paper's online meta lr)
 
 
 @dataclass
 class MetaLRConfig(MethodConfig):
     _target_: str = "adalfl.methods.metalr.MetaLR"
     name: str = "metalr"
-    meta: MetaLRMetaConfig = field(default_factory=MetaLRMetaConfig)
+    meta: OnlineMetaConfig = field(default_factory=OnlineMetaConfig)
     initial_lr: float | None = None  # alpha before Algorithm 3; None = optimizer.lr
 
 
@@ -53,11 +45,8 @@ CONFIG_SCHEMA = MetaLRConfig
 class MetaLR(Method):
     def __init__(self, name: str, meta: dict, initial_lr: float | None = None) -> None:
         super().__init__(name)
-        self.meta_cfg = MetaLRMetaConfig(**meta)
-        if self.meta_cfg.init_steps < 0:
-            raise ConfigError(f"method.meta.init_steps must be >= 0, got {self.meta_cfg.init_steps}")
-        if self.meta_cfg.init_lr < 0 or self.meta_cfg.online_lr < 0:
-            raise ConfigError("method.meta.init_lr and method.meta.online_lr must be >= 0")
+        self.meta_cfg = OnlineMetaConfig(**meta)
+        self.meta_cfg.check()
         if initial_lr is not None and not initial_lr > 0:
             raise ConfigError(f"method.initial_lr must be positive (or null), got {initial_lr}")
         self.initial_lr = initial_lr

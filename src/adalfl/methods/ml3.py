@@ -5,21 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adalfl.config import ConfigError, MethodConfig
+from adalfl.config import MethodConfig
 from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.meta import make_engine
 from adalfl.methods.learned_loss import LossNetConfig, OfflineLearnedLoss, build_loss
-from adalfl.methods.metalearning import offline_meta_training
+from adalfl.methods.metalearning import OfflineMetaConfig, offline_meta_training
 from adalfl.train.job import Job
-
-
-@dataclass
-class OfflineMetaConfig:
-    """Algorithm 1's settings, shared by ML3 and TaylorGLO's gradient search."""
-
-    backend: str = "func"  # func (torch.func, default) | higher
-    init_steps: int = 2500  # S_init (conf/method/*.yaml: ${offline.steps})
-    init_lr: float = 1e-3  # Adam, offline (paper)
 
 
 def _ml3_network() -> LossNetConfig:
@@ -40,19 +31,12 @@ class ML3Config(MethodConfig):
 CONFIG_SCHEMA = ML3Config
 
 
-def check_offline_meta(meta: OfflineMetaConfig) -> None:
-    if meta.init_steps < 0:
-        raise ConfigError(f"method.meta.init_steps must be >= 0, got {meta.init_steps}")
-    if meta.init_lr < 0:
-        raise ConfigError(f"method.meta.init_lr must be >= 0, got {meta.init_lr}")
-
-
 class ML3(OfflineLearnedLoss):
     def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0) -> None:
         super().__init__(name, plot_every)
         self.loss_cfg = LossNetConfig(**loss)
         self.meta_cfg = OfflineMetaConfig(**meta)
-        check_offline_meta(self.meta_cfg)
+        self.meta_cfg.check()
         self.engine = make_engine(self.meta_cfg.backend)
 
     def build_loss(self, job: Job) -> OutputWiseLoss:

@@ -27,7 +27,7 @@ from adalfl.losses.learned import OutputWiseLoss, TaylorPolynomial
 from adalfl.meta import make_engine
 from adalfl.methods.learned_loss import OfflineLearnedLoss, build_loss
 from adalfl.methods.metalearning import offline_meta_training
-from adalfl.methods.ml3 import OfflineMetaConfig, check_offline_meta
+from adalfl.methods.metalearning import OfflineMetaConfig
 from adalfl.train.evaluate import evaluate
 from adalfl.train.job import Job
 
@@ -159,7 +159,7 @@ class TaylorGLO(OfflineLearnedLoss):
         c = self.cmaes_cfg
         if c.population < 2 or c.generations < 0 or c.partial_steps < 1 or not c.sigma > 0:
             raise ConfigError("method.cmaes needs population >= 2, generations >= 0, partial_steps >= 1, sigma > 0")
-        check_offline_meta(self.meta_cfg)
+        self.meta_cfg.check()
         self.engine = make_engine(self.meta_cfg.backend)
 
     def build_loss(self, job: Job) -> OutputWiseLoss:
