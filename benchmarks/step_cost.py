@@ -15,6 +15,7 @@ on CUDA ``torch.cuda.max_memory_allocated`` during the steps.
 
     python benchmarks/step_cost.py                                # CPU, or the first GPU
     python benchmarks/step_cost.py device=cpu threads=2 steps=30 models=[lenet5,smallcnn]
+    python benchmarks/step_cost.py cpu_memory=system    # glibc's default allocator behaviour
 
 Prints one JSON object; results go in docs/benchmarks.md, never into test assertions.
 """
@@ -32,6 +33,7 @@ from types import SimpleNamespace
 import torch
 from omegaconf import OmegaConf
 
+from adalfl.cpu_memory import configure_cpu_memory
 from adalfl.data import Batch
 from adalfl.losses import Task
 from adalfl.methods.adalfl import AdaLFL
@@ -53,6 +55,7 @@ SETTINGS = {
     "memory": True,
     "batch_size": 128,
     "channels_last": True,  # image models and batches in NHWC memory format, as jobs do by default (channels_last=true)
+    "cpu_memory": "reuse",  # glibc keeps freed memory for reuse during the timings, as jobs do by default
     # internal: one memory measurement in a subprocess
     "only": "",
 }
@@ -160,9 +163,10 @@ def main(argv: list[str]) -> dict:
     if cfg["threads"] > 0:
         torch.set_num_threads(cfg["threads"])
     device = resolve_device(cfg["device"])
-    if cfg["only"]:
+    if cfg["only"]:  # memory: freed blocks must go back to the OS (see memory()), so no cpu_memory here
         name, method, backend = cfg["only"].split(":")
         return {"peak_mb": memory_one(name, method, backend, cfg, device)}
+    configure_cpu_memory(cfg["cpu_memory"])
     results = {}
     for name in cfg["models"]:
         results[name] = {}

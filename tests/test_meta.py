@@ -9,12 +9,15 @@ import warnings
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
+from torch.func import functional_call
 
 from adalfl.losses import Task
 from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.meta import make_engine
 from adalfl.meta.sgd import SGDHyper, sgd_update
+from adalfl.meta.tangent import ForwardRecord
 
 TASK = Task("classification", 3)
 SGD_KW = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
@@ -184,3 +187,42 @@ def test_backends_agree_with_dropout_masks_replayed() -> None:
         grads[backend + "_rng"] = torch.get_rng_state()
     assert torch.linalg.vector_norm(grads["func"] - grads["higher"]) <= 1e-6 * torch.linalg.vector_norm(grads["higher"])
     assert torch.equal(grads["func_rng"], grads["higher_rng"])  # the replay leaves the generator where it was
+
+
+class _Reuses(nn.Module):
+    """One ReLU module called twice, a pooling layer that returns its indices, a 1-d conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.conv1d = nn.Conv1d(3, 2, 3)
+        self.head = nn.Linear(2 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled, _ = self.pool(self.relu(self.conv(x)))
+        h = self.relu(self.conv1d(pooled.flatten(2)))
+        return self.head(h.flatten(1))
+
+
+def test_recorded_jvp_handles_reused_modules_and_refuses_a_different_forward() -> None:
+    torch.manual_seed(0)
+    model = _Reuses().double()
+    x = torch.randn(5, 2, 4, 8, dtype=torch.float64)
+    names, params = zip(*model.named_parameters())
+    tangents = [torch.randn_like(p) for p in params]
+    record = ForwardRecord(model)
+    with record.recording():
+        model(x)
+    got = record.jvp(names, params, tangents, {}, x)
+    with torch.no_grad(), fwAD.dual_level():
+        duals = {n: fwAD.make_dual(p.detach(), t) for n, p, t in zip(names, params, tangents)}
+        expected = fwAD.unpack_dual(functional_call(model, duals, (x,))).tangent
+    torch.testing.assert_close(got, expected)
+    assert "forward" not in vars(model.relu)  # the patched forwards are gone afterwards
+
+    with record.recording():
+        model(x)
+    with pytest.raises(RuntimeError, match="tangent pass reached"):
+        record.jvp(names, params, tangents, {}, x[:, :, :, :6])  # another input than the recorded one

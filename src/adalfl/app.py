@@ -22,6 +22,7 @@ from adalfl.config import ConfigError, model_name, validate
 from adalfl.data import BatchSampler, DataNotFoundError, load_data
 from adalfl.losses import Task
 from adalfl.methods.base import Method
+from adalfl.cpu_memory import configure_cpu_memory
 from adalfl.sweep.threads import configure_threads
 from adalfl.track.metrics import Tracker
 from adalfl.track.plots import learning_curves
@@ -85,6 +86,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
         launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
         record["threads"] = configure_threads(cfg.threads, launcher)
+        record["cpu_memory_reuse"] = configure_cpu_memory(cfg.cpu_memory)
         device = resolve_device(cfg.device)
         record["device"] = str(device)
         if cfg.deterministic:

@@ -18,6 +18,8 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from adalfl.cpu_memory import CHOICES as CPU_MEMORY_CHOICES
+
 
 class ConfigError(ValueError):
     """A config value that is well-typed but unusable (e.g. a negative learning rate)."""
@@ -126,6 +128,7 @@ class Config:
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     threads: str = "auto"  # PyTorch threads per job: auto (see adalfl.sweep.threads) or a count
+    cpu_memory: str = "reuse"  # reuse | system: glibc keeps freed memory for reuse (adalfl.cpu_memory)
 
 
 def register_configs() -> None:
@@ -165,6 +168,8 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg.dataset.eval_batch_size, "dataset.eval_batch_size")
     if cfg.threads != "auto" and not (str(cfg.threads).isdigit() and int(cfg.threads) > 0):
         raise ConfigError(f"threads must be auto or a positive integer, got {cfg.threads!r}")
+    if cfg.cpu_memory not in CPU_MEMORY_CHOICES:
+        raise ConfigError(f"cpu_memory must be one of {list(CPU_MEMORY_CHOICES)}, got {cfg.cpu_memory!r}")
     for key in ("momentum", "weight_decay", "dampening"):
         if cfg.optimizer[key] < 0:
             raise ConfigError(f"optimizer.{key} must be >= 0, got {cfg.optimizer[key]!r}")
