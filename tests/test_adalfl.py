@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adalfl.app import build_job, run
-from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
+from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork, SmoothLeakyReLU
 from adalfl.methods.adalfl import AdaLFL
 from adalfl.methods.base import FixedLossMethod
 from adalfl.track.metrics import Tracker
@@ -126,3 +126,15 @@ def test_invalid_method_values_are_refused(job_dir: Path) -> None:
         run(tiny("method=adalfl", "method.meta.init_steps=-1"), out_dir=job_dir)
     with pytest.raises(ConfigError, match="method.meta.backend"):
         run(tiny("method=adalfl", "method.meta.backend=jax"), out_dir=job_dir / "b")
+
+
+@pytest.mark.parametrize(("beta", "gamma"), [(10.0, 0.01), (1.0, 0.0), (3.0, 0.5)])
+def test_smooth_leaky_relu_is_the_papers_formula_with_exact_second_derivatives(beta: float, gamma: float) -> None:
+    """The hand-written derivative must be right to second order: the meta-gradient uses both."""
+    x = torch.linspace(-60, 60, 241, dtype=torch.float64) / beta
+    act = SmoothLeakyReLU(beta, gamma)
+    formula = torch.nn.functional.softplus(x, beta=beta, threshold=1e9) * (1 - gamma) + gamma * x
+    torch.testing.assert_close(act(x), formula, rtol=1e-12, atol=1e-12)
+    probe = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(act, (probe,))
+    assert torch.autograd.gradgradcheck(act, (probe,))
