@@ -12,7 +12,7 @@ from torch import nn
 from adalfl.config import MethodConfig
 from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.meta import make_engine
-from adalfl.methods.base import Method, Moment
+from adalfl.methods.base import Method, Moment, Stats
 from adalfl.methods.learned_loss import LossNetConfig, LossWatcher, build_loss
 from adalfl.methods.metalearning import OnlineMetaConfig, OnlineMetaStep, offline_meta_training
 from adalfl.train.job import Job
@@ -64,7 +64,7 @@ class AdaLFL(Method):
             job, self.engine, list(self.loss.parameters()), self.loss, self.meta_cfg.init_steps, self.meta_cfg.init_lr
         )
 
-    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> Stats:
         assert self.online is not None and self.loss is not None
         return self.online(job, model, optimizer, self.loss)
 

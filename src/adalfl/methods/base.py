@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal, Union
 
 import torch
 from torch import nn
@@ -10,6 +10,8 @@ from torch import nn
 from adalfl.train.job import Job
 
 Moment = Literal["start", "eval", "end"]
+# What train_step returns: scalars to log, or callables giving them (evaluated on logged steps only).
+Stats = dict[str, Union[torch.Tensor, Callable[[], torch.Tensor]]]
 
 
 class Method:
@@ -17,7 +19,9 @@ class Method:
 
     ``train_step`` draws its own batches from the job (a meta-learning method needs a validation
     batch too), must leave the model's parameters updated by exactly one base optimiser step, and
-    returns scalars to log; ``train/base_loss`` is required (the loop checks it is finite).
+    returns scalars to log; ``train/base_loss`` is required (the loop checks it is finite). A value
+    may be a zero-argument callable: the loop evaluates it only on the steps it logs, so statistics
+    that cost a little (norms over every parameter) are not paid on every step.
     """
 
     name: str = "method"
@@ -31,7 +35,7 @@ class Method:
     def offline(self, job: Job, model: nn.Module) -> None:
         """Offline meta-learning (e.g. Algorithm 1). The default has none."""
 
-    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> Stats:
         raise NotImplementedError
 
     def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
@@ -51,7 +55,7 @@ class FixedLossMethod(Method):
     def base_loss(self, job: Job, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return job.task.loss(output, target)
 
-    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> Stats:
         x, y = job.train_batch()
         output = model(x)
         loss = self.base_loss(job, output, y)

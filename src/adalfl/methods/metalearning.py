@@ -21,6 +21,7 @@ from torch import nn
 
 from adalfl.config import ConfigError
 from adalfl.meta.engine import LossFn, MetaEngine, MetaStep
+from adalfl.methods.base import Stats
 from adalfl.models import reset_parameters
 from adalfl.train.job import Job
 
@@ -59,7 +60,7 @@ def total_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    return bool(torch.isfinite(torch.cat([t.detach().reshape(-1) for t in tensors])).all())
 
 
 def meta_step(
@@ -147,17 +148,17 @@ class OnlineMetaStep:
         optimizer: torch.optim.Optimizer,
         loss_fn: LossFn,
         lr_fn: Optional[LrFn] = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> Stats:
         result = meta_step(self.engine, job, model, optimizer, loss_fn, self.meta_params, lr_fn)
         if not apply_meta_gradient(self.meta_optimizer, self.meta_params, result.meta_grads):
             self.skipped += 1  # this meta step is dropped; the base step below still happens
         self.engine.commit(model, optimizer, result)
         return {
             "train/base_loss": result.base_loss,
-            "train/task_loss": job.task.loss(result.output, result.target),
-            "train/base_grad_norm": total_norm(result.base_grads),
+            "train/task_loss": lambda: job.task.loss(result.output, result.target),  # on logged steps only
+            "train/base_grad_norm": lambda: total_norm(result.base_grads),
             "meta/val_task_loss": result.meta_loss,
-            "meta/grad_norm": total_norm(result.meta_grads),
+            "meta/grad_norm": lambda: total_norm(result.meta_grads),
             "meta/skipped_steps": torch.tensor(float(self.skipped)),
         }
 

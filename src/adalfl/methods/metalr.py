@@ -25,7 +25,7 @@ from torch import nn
 
 from adalfl.config import ConfigError, MethodConfig
 from adalfl.meta import make_engine
-from adalfl.methods.base import Method, Moment
+from adalfl.methods.base import Method, Moment, Stats
 from adalfl.methods.metalearning import OnlineMetaConfig, OnlineMetaStep, offline_meta_training
 from adalfl.track.plots import meta_learning_rate
 from adalfl.train.job import Job
@@ -79,7 +79,7 @@ class MetaLR(Method):
         )
         job.log.info("[%s] meta-learned lr after the offline phase: %.4g", job.title, float(self.lr.detach()))
 
-    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> Stats:
         assert self.online is not None
         factor = float(optimizer.param_groups[0]["lr"]) / self.base_lr
         step_lr = (self.lr * factor).detach()  # the rate this base step uses (before the meta update)

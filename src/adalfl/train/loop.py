@@ -111,7 +111,8 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
         last = step == total
         scalars: dict[str, float | torch.Tensor] = {}
         if step % log_every == 0 or last:
-            scalars.update(stats, **{"train/lr": lr})
+            scalars.update({key: value() if callable(value) else value for key, value in stats.items()})
+            scalars["train/lr"] = lr
         if step % eval_every == 0 or last:
             scalars.update(_evaluate(job, model, progress))
         if scalars:
