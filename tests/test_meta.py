@@ -226,3 +226,36 @@ def test_recorded_jvp_handles_reused_modules_and_refuses_a_different_forward() -
         model(x)
     with pytest.raises(RuntimeError, match="tangent pass reached"):
         record.jvp(names, params, tangents, {}, x[:, :, :, :6])  # another input than the recorded one
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+@pytest.mark.parametrize("pointwise", ["smooth_leaky_relu", "relu_softplus", "taylor"])
+def test_explicit_output_gradient_equals_autograd_to_second_order(kind: str, pointwise: str) -> None:
+    """s = dM/d output written out by the loss equals autograd's, and so does its derivative in
+    the loss parameters (what the meta-gradient uses), in float64."""
+    from adalfl.losses.learned import TaylorPolynomial
+
+    torch.manual_seed(0)
+    task = Task(kind, 4)
+    if pointwise == "taylor":
+        net = TaylorPolynomial([0.1, -0.2, 0.3, 1.0, -0.5, -2.0, 0.7, 0.4])
+    elif pointwise == "relu_softplus":
+        net = PointwiseNetwork(hidden=(8, 8), activation="relu", output_activation="softplus")
+    else:
+        net = PointwiseNetwork(hidden=(8, 8))
+    loss = OutputWiseLoss(task, net).double()
+    phi = list(loss.parameters())
+    output = torch.randn(6, 4, dtype=torch.float64)
+    target = torch.randint(0, 4, (6,)) if kind == "classification" else torch.randn(6, 4, dtype=torch.float64)
+    direction = torch.randn(6, 4, dtype=torch.float64)
+
+    value, s = loss.value_and_output_gradient(output, target)
+    leaf = output.clone().requires_grad_()
+    reference = loss(leaf, target)
+    (s_ref,) = torch.autograd.grad(reference, leaf, create_graph=True)
+    torch.testing.assert_close(value, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s, s_ref, rtol=1e-10, atol=1e-12)
+    meta = torch.autograd.grad((direction * s).sum(), phi)
+    meta_ref = torch.autograd.grad((direction * s_ref).sum(), phi)
+    for got, want in zip(meta, meta_ref):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

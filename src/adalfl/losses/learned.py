@@ -42,6 +42,30 @@ class _SmoothLeakyReLUFunction(torch.autograd.Function):
         return grad * slope, None, None
 
 
+class _SmoothLeakyReLUWithSlope(torch.autograd.Function):
+    """(phi(x), phi'(x)) as one node, for ``PointwiseNetwork.value_and_slope``. Its backward is
+    differentiated by nobody (the meta-gradient differentiates that forward pass once), so it is
+    written with the second derivative, beta (1 - gamma) sigmoid (1 - sigmoid), in closed form."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, beta: float, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        z = x * beta
+        sig = torch.sigmoid(z)
+        value = _softplus(z) * ((1 - gamma) / beta)
+        slope = sig * (1 - gamma)
+        if gamma:
+            value, slope = value + gamma * x, slope + gamma
+        ctx.save_for_backward(sig, slope)
+        ctx.curvature = beta * (1 - gamma)
+        return value, slope
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_value: torch.Tensor, grad_slope: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001, E501
+        sig, slope = ctx.saved_tensors
+        return grad_value * slope + grad_slope * (sig * (1 - sig) * ctx.curvature), None, None
+
+
 class SmoothLeakyReLU(nn.Module):
     """phi(x) = (1/beta) log(1 + exp(beta x)) (1 - gamma) + gamma x  (AdaLFL, Eq. for the loss network).
 
@@ -59,6 +83,10 @@ class SmoothLeakyReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _SmoothLeakyReLUFunction.apply(x, self.beta, self.gamma)
 
+    def value_and_slope(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi(x) and phi'(x), both once differentiable."""
+        return _SmoothLeakyReLUWithSlope.apply(x, self.beta, self.gamma)
+
     def extra_repr(self) -> str:
         return f"beta={self.beta}, gamma={self.gamma}"
 
@@ -73,6 +101,17 @@ def _activation(name: str, beta: float, gamma: float) -> nn.Module:
     if name == "none":
         return nn.Identity()
     raise ValueError(f"unknown activation {name!r}: use smooth_leaky_relu, relu, softplus or none")
+
+
+def _value_and_slope(activation: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """The activation and its derivative at x, elementwise."""
+    if isinstance(activation, SmoothLeakyReLU):
+        return activation.value_and_slope(x)
+    if isinstance(activation, nn.ReLU):
+        return activation(x), (x > 0).to(x.dtype)
+    if isinstance(activation, nn.Identity):
+        return x, 1.0
+    raise TypeError(f"no derivative for {activation}")
 
 
 class PointwiseNetwork(nn.Module):
@@ -106,9 +145,24 @@ class PointwiseNetwork(nn.Module):
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         return self.net(pairs).squeeze(-1)
 
+    def value_and_slope(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """l(prediction, target) and dl/dprediction for every pair, both differentiable in the
+        network's parameters: the forward pass carries the derivative along (forward mode, by hand)."""
+        h, slope = pairs, None
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                # d(W h + b)/dprediction: W's first column at the input layer, W slope after it.
+                slope = layer.weight[:, 0] if slope is None else slope @ layer.weight.T
+                h = layer(h)
+            else:
+                h, layer_slope = _value_and_slope(layer, h)
+                slope = slope * layer_slope
+        return h.squeeze(-1), slope.squeeze(-1)
+
 
 class OutputWiseLoss(nn.Module):
-    """M_phi(y, f(x)): the pointwise function averaged over outputs and batch."""
+    """M_phi(y, f(x)): the pointwise function averaged over outputs and batch. The pointwise
+    function provides ``value_and_slope(pairs)``: l and dl/dprediction."""
 
     def __init__(self, task: Task, pointwise: nn.Module) -> None:
         super().__init__()
@@ -119,6 +173,21 @@ class OutputWiseLoss(nn.Module):
         prediction, target_values = self.task.loss_inputs(output, target)
         pairs = torch.stack((prediction, target_values), dim=-1)
         return self.pointwise(pairs).mean()
+
+    def value_and_output_gradient(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """M and s = dM/d output at a fixed ``output``, both differentiable in the loss's parameters.
+
+        The meta-gradient engine needs s on the parameters' graph. Autograd would get it by
+        differentiating M's backward pass (create_graph=True) and then differentiate that again;
+        here the pointwise network carries dl/dprediction along its forward pass and the softmax's
+        Jacobian is applied by hand, so the engine differentiates one forward pass only.
+        """
+        prediction, target_values = self.task.loss_inputs(output, target)
+        values, slopes = self.pointwise.value_and_slope(torch.stack((prediction, target_values), dim=-1))
+        slopes = slopes / values.numel()  # M is the mean over examples and outputs
+        if self.task.classification:  # through the softmax: p * (g - <p, g>)
+            slopes = prediction * (slopes - (prediction * slopes).sum(dim=1, keepdim=True))
+        return values.mean(), slopes
 
     @torch.no_grad()
     def curve(self, points: torch.Tensor, target_value: float) -> torch.Tensor:
@@ -162,6 +231,15 @@ class TaylorPolynomial(nn.Module):
         c = theta[2:]
         # Horner-style in u: u * (c1 + c4 v + c6 v^2 + u (c2 + c5 v + c3 u))
         return u * (c[0] + v * (c[3] + c[5] * v) + u * (c[1] + c[4] * v + c[2] * u))
+
+    def value_and_slope(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """l and dl/dprediction = c1 + 2 c2 u + 3 c3 u^2 + c4 v + 2 c5 u v + c6 v^2."""
+        theta = self.theta.to(pairs.dtype)
+        u = pairs[..., 0] - theta[0]
+        v = pairs[..., 1] - theta[1]
+        c = theta[2:]
+        slope = c[0] + v * (c[3] + c[5] * v) + u * (2 * c[1] + 2 * c[4] * v + 3 * c[2] * u)
+        return self(pairs), slope
 
     def extra_repr(self) -> str:
         return "l(x, y) = c1 u + c2 u^2 + c3 u^3 + c4 u v + c5 u^2 v + c6 u v^2, u = x - a, v = y - b"

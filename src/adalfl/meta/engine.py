@@ -82,6 +82,20 @@ def _zeros_for_unused(grads: Sequence[Optional[torch.Tensor]], params: Sequence[
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
 
+def _loss_and_output_gradient(loss_fn: LossFn, output: torch.Tensor, target: torch.Tensor,
+                              on_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """M(output) and s = dM/d output, s kept on the meta parameters' graph when ``on_graph``.
+    A loss that can write s out (``value_and_output_gradient``: the output-wise losses) saves
+    differentiating a backward pass; any other loss goes through autograd."""
+    explicit = getattr(loss_fn, "value_and_output_gradient", None)
+    if on_graph and explicit is not None:
+        return explicit(output, target)
+    leaf = output.requires_grad_()
+    loss = loss_fn(leaf, target)
+    (s,) = torch.autograd.grad(loss, leaf, create_graph=on_graph)
+    return loss, s
+
+
 class MetaEngine(ABC):
     name: str = ""
 
@@ -149,9 +163,7 @@ class FuncEngine(MetaEngine):
                 output = model(x)
         else:
             output = model(x)
-        output_leaf = output.detach().requires_grad_()
-        base_loss = loss_fn(output_leaf, y)
-        (s,) = torch.autograd.grad(base_loss, output_leaf, create_graph=loss_has_meta_params)
+        base_loss, s = _loss_and_output_gradient(loss_fn, output.detach(), y, loss_has_meta_params)
         base_grads = torch.autograd.grad(output, params, grad_outputs=s.detach())
         with torch.no_grad():
             update = sgd_update(params, base_grads, _momentum_buffers(model, optimizer), hyper,

@@ -61,6 +61,11 @@ def _gather_pooled(t_in: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 class _Rule:
     """How one module type records its base forward and replays its tangent."""
 
+    keeps_output = True  # False: the output is recomputed from the input's primal when replayed
+
+    def output(self, module: nn.Module, primal_in: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def record(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, object]:
         raise NotImplementedError
 
@@ -90,8 +95,15 @@ class _MaxPool2d(_Rule):
 
 
 class _ReLU(_Rule):
+    # Cheaper to redo than to keep: holding every ReLU output until the tangent pass enlarged the
+    # working set of the validation pass in between enough to slow it (measured on LeNet-5).
+    keeps_output = False
+
     def record(self, module, x):  # noqa: ANN001, ANN201
         return type(module).forward(module, x), None
+
+    def output(self, module, primal_in):  # noqa: ANN001, ANN201
+        return torch.relu(primal_in)
 
     def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
         # t_in where the output is positive, else 0: relu's derivative as one fused op.
@@ -123,7 +135,8 @@ class ForwardRecord:
                     self.calls[module].append(None)
                     return type(module).forward(module, x)
                 out, saved = rule.record(module, x)
-                self.calls[module].append(((out[0] if isinstance(out, tuple) else out).detach(), saved))
+                kept = (out[0] if isinstance(out, tuple) else out).detach() if rule.keeps_output else None
+                self.calls[module].append((kept, saved))
                 return out
 
             return forward
@@ -151,6 +164,8 @@ class ForwardRecord:
                 if expected is not None and primal.shape != expected:
                     raise RuntimeError(f"the tangent pass reached {module} with input {tuple(primal.shape)}, "
                                        f"the base forward with {tuple(expected)}")
+                if out is None:
+                    out = rule.output(module, primal)
                 tangent = rule.tangent(module, out, saved, t_in)
                 dual = fwAD.make_dual(out, tangent) if tangent is not None else out
                 if isinstance(module, nn.MaxPool2d) and module.return_indices:
