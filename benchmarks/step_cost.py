@@ -5,7 +5,7 @@ data, batch 128, each with its dataset's SGD protocol) and each meta-gradient ba
 real ``train_step`` of ``method=ce`` and ``method=adalfl`` (look-ahead base step, meta-gradient,
 Adam on phi, write-back) and measures their peak memory.
 
-Timing: CE and AdaLFL steps are interleaved in blocks, so that a busy machine slows both alike;
+Timing: CE and AdaLFL steps alternate (in blocks of ``block``), so that a machine whose speed drifts slows both alike;
 the median per-step wall time of each is reported, and ``adalfl_over_ce`` is their ratio.
 Memory: each (model, method, backend) runs alone in a fresh subprocess; on CPU the figure is the
 growth of the process's peak resident memory over its resident memory after set-up and one
@@ -48,8 +48,8 @@ from common import machine, settings_from_argv, sync  # noqa: E402
 SETTINGS = {
     "device": "auto",
     "threads": 0,  # torch CPU threads (0: torch's default)
-    "steps": 30,  # timed steps per method per model and backend
-    "block": 5,  # steps per interleaved block
+    "steps": 100,  # timed steps per method per model and backend
+    "block": 1,  # steps per interleaved block (1: CE and AdaLFL alternate step by step)
     "models": ["mlp", "lenet5", "smallcnn"],
     "backends": ["func", "higher"],
     "memory": True,

@@ -259,3 +259,14 @@ def test_explicit_output_gradient_equals_autograd_to_second_order(kind: str, poi
     meta_ref = torch.autograd.grad((direction * s_ref).sum(), phi)
     for got, want in zip(meta, meta_ref):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_sgd_update_keeps_the_parameters_memory_layout() -> None:
+    """A channels_last conv weight with one input channel has NHWC strides that add() would drop
+    (it picks NCHW for the ambiguous shape); the look-ahead forward must see the model's layout."""
+    weight = nn.Conv2d(1, 6, 5).to(memory_format=torch.channels_last).weight
+    grad = torch.randn_like(weight)
+    for hyper in (SGDHyper(lr=0.1), SGDHyper(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)):
+        step = sgd_update([weight.detach()], [grad], [None], hyper)
+        assert step.params[0].stride() == weight.stride()
+        torch.testing.assert_close(step.params[0], weight.detach() - 0.1 * step.directions[0])

@@ -77,7 +77,13 @@ def sgd_update(
             else:
                 d_p = buf
                 scale = sign * buf_scale
-        step.params.append(param.add(d_p, alpha=-hyper.lr) if lr is None else param - lr * d_p)
+        new = param.add(d_p, alpha=-hyper.lr) if lr is None else param - lr * d_p
+        if new.stride() != param.stride():
+            # Keep the parameter's memory layout. For a single-input-channel conv weight NHWC and
+            # NCHW are the same shape with different strides, and add() picks NCHW; the look-ahead
+            # forward would then run NCHW (with copies and slower pooling) on a channels_last model.
+            new = torch.empty_like(param).copy_(new)
+        step.params.append(new)
         step.buffers.append(buf)
         step.directions.append(d_p)
         step.grad_scales.append(scale)
