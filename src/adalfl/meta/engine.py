@@ -180,8 +180,11 @@ class FuncEngine(MetaEngine):
         surrogate = torch.zeros((), device=x.device)
         if loss_has_meta_params:
             step_lr = float(lr.detach()) if lr is not None else hyper.lr
-            tangents = [vi * (-step_lr * scale) for vi, scale in zip(v, update.grad_scales)]
-            jv = rng.replay(lambda: record.jvp(names, params, tangents, _cloned_buffers(model), x))
+            if len(set(update.grad_scales)) == 1:  # J is linear: scale its output once, not every tangent
+                tangents, output_scale = list(v), -step_lr * update.grad_scales[0]
+            else:
+                tangents, output_scale = [vi * (-step_lr * c) for vi, c in zip(v, update.grad_scales)], 1.0
+            jv = rng.replay(lambda: record.jvp(names, params, tangents, _cloned_buffers(model), x)) * output_scale
             surrogate = surrogate + (jv * s).sum()
         if lr is not None:
             dl_dlr = -sum((vi * d).sum() for vi, d in zip(v, update.directions))
