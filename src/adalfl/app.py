@@ -19,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from adalfl.config import ConfigError, model_name, validate
+from adalfl.cpu_memory import configure_cpu_memory
 from adalfl.data import BatchSampler, DataNotFoundError, load_data
 from adalfl.losses import Task
 from adalfl.methods.base import Method
-from adalfl.cpu_memory import configure_cpu_memory
 from adalfl.sweep.threads import configure_threads
 from adalfl.track.metrics import Tracker
 from adalfl.track.plots import learning_curves

@@ -20,6 +20,17 @@ def _softplus(z: torch.Tensor) -> torch.Tensor:
     return torch.relu(z) - torch.log(torch.sigmoid(z.abs()))
 
 
+def _phi(x: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """The smooth leaky ReLU's value (see SmoothLeakyReLU)."""
+    out = _softplus(x * beta) * ((1 - gamma) / beta)
+    return out + gamma * x if gamma else out
+
+
+def _phi_slope(sig: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Its derivative, (1 - gamma) sigmoid(beta x) + gamma, from sig = sigmoid(beta x)."""
+    return sig * (1 - gamma) + gamma if gamma else sig
+
+
 class _SmoothLeakyReLUFunction(torch.autograd.Function):
     """phi(x) as one autograd node with its derivative written out, (1 - gamma) sigmoid(beta x) +
     gamma, instead of the four nodes of the composed expression. The meta-gradient differentiates
@@ -30,16 +41,12 @@ class _SmoothLeakyReLUFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:  # noqa: ANN001
         ctx.save_for_backward(x)
         ctx.beta, ctx.gamma = beta, gamma
-        out = _softplus(x * beta) * ((1 - gamma) / beta)
-        return out + gamma * x if gamma else out
+        return _phi(x, beta, gamma)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
         (x,) = ctx.saved_tensors
-        slope = torch.sigmoid(x * ctx.beta)
-        if ctx.gamma:
-            slope = slope * (1 - ctx.gamma) + ctx.gamma
-        return grad * slope, None, None
+        return grad * _phi_slope(torch.sigmoid(x * ctx.beta), ctx.gamma), None, None
 
 
 class _SmoothLeakyReLUWithSlope(torch.autograd.Function):
@@ -49,15 +56,11 @@ class _SmoothLeakyReLUWithSlope(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, beta: float, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        z = x * beta
-        sig = torch.sigmoid(z)
-        value = _softplus(z) * ((1 - gamma) / beta)
-        slope = sig * (1 - gamma)
-        if gamma:
-            value, slope = value + gamma * x, slope + gamma
+        sig = torch.sigmoid(x * beta)
+        slope = _phi_slope(sig, gamma)
         ctx.save_for_backward(sig, slope)
         ctx.curvature = beta * (1 - gamma)
-        return value, slope
+        return _phi(x, beta, gamma), slope
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -13,9 +13,11 @@ learning rate, a tensor). Both backends give the same numbers by different route
   only through s = dM_phi/df at the training outputs f, and enters as theta - lr*c*J^T s (J the
   model's Jacobian, c the momentum/Nesterov factor). Hence
       dL/dphi = d/dphi < J (-lr c v), s_phi >   with v = dL/dtheta_{t+1},
-  one Jacobian-vector product of the model (forward mode) and a double backward through the tiny
-  loss network only. No second-order pass through the model, and the product reuses the base
-  forward's activations (``adalfl.meta.tangent``) instead of running the forward again. Exact.
+  one Jacobian-vector product of the model (forward mode) and one more differentiation of the tiny
+  loss network only. No second-order pass through the model; the product reuses the base
+  forward's activations (``adalfl.meta.tangent``) instead of running the forward again, and an
+  output-wise loss hands over s with its derivative already carried through its forward pass
+  (``value_and_output_gradient``), so phi's graph is differentiated once. Exact.
 * ``higher``: the ``higher`` library's patched model and differentiable SGD, differentiating
   through the base step's backward pass (create_graph=True). Independent, used to cross-check.
 
@@ -28,6 +30,7 @@ Layers without a tangent rule run as ordinary forward-mode AD inside the same pa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -157,11 +160,8 @@ class FuncEngine(MetaEngine):
 
         # Base step: the real forward (moves BatchNorm statistics once), s = dM/df kept on phi's
         # graph, and the base gradient J^T s by an ordinary backward pass.
-        record = ForwardRecord(model)
-        if loss_has_meta_params:
-            with record.recording():
-                output = model(x)
-        else:
+        record = ForwardRecord(model)  # what the tangent pass below reuses (not needed for lr alone)
+        with record.recording() if loss_has_meta_params else nullcontext():
             output = model(x)
         base_loss, s = _loss_and_output_gradient(loss_fn, output.detach(), y, loss_has_meta_params)
         base_grads = torch.autograd.grad(output, params, grad_outputs=s.detach())
