@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from conftest import tiny
 
 REQUIRED_KEYS = {
     "status", "method", "dataset", "model", "seed", "metric_name", "test_metric", "best_val_metric",
-    "wall_time_s", "versions", "git_commit",
+    "wall_time_s", "versions", "git_commit", "threads", "cpu_memory_reuse",
 }
 
 
@@ -32,6 +33,7 @@ def test_job_leaves_results_metrics_and_curves(dataset: str, metric: str, job_di
     assert result["test_metric"] == test_metric
     assert result["dataset"] == dataset and result["method"] == "ce" and result["model"] == "mlp"
     assert {"train", "eval", "offline", "total"} <= result["wall_time_s"].keys()
+    assert result["cpu_memory_reuse"] is sys.platform.startswith("linux")  # glibc took cpu_memory=reuse
     records = _metrics(job_dir)
     assert [r["step"] for r in records] == list(range(5, 45, 5))  # one record per logged step
     assert records[-1][f"test/{metric}"] == pytest.approx(test_metric)
