@@ -164,8 +164,8 @@ class PointwiseNetwork(nn.Module):
 
 
 class OutputWiseLoss(nn.Module):
-    """M_phi(y, f(x)): the pointwise function averaged over outputs and batch. The pointwise
-    function provides ``value_and_slope(pairs)``: l and dl/dprediction."""
+    """M_phi(y, f(x)): the pointwise function averaged over outputs and batch. A pointwise function
+    that provides ``value_and_slope(pairs)`` (l and dl/dprediction) makes the meta-gradient cheaper."""
 
     def __init__(self, task: Task, pointwise: nn.Module) -> None:
         super().__init__()
@@ -185,6 +185,11 @@ class OutputWiseLoss(nn.Module):
         here the pointwise network carries dl/dprediction along its forward pass and the softmax's
         Jacobian is applied by hand, so the engine differentiates one forward pass only.
         """
+        if not hasattr(self.pointwise, "value_and_slope"):  # another pointwise function: autograd
+            leaf = output.detach().requires_grad_()
+            loss = self(leaf, target)
+            (slopes,) = torch.autograd.grad(loss, leaf, create_graph=True)
+            return loss, slopes
         prediction, target_values = self.task.loss_inputs(output, target)
         values, slopes = self.pointwise.value_and_slope(torch.stack((prediction, target_values), dim=-1))
         slopes = slopes / values.numel()  # M is the mean over examples and outputs
