@@ -5,8 +5,9 @@ data, batch 128, each with its dataset's SGD protocol) and each meta-gradient ba
 real ``train_step`` of ``method=ce`` and ``method=adalfl`` (look-ahead base step, meta-gradient,
 Adam on phi, write-back) and measures their peak memory.
 
-Timing: CE and AdaLFL steps alternate (in blocks of ``block``), so that a machine whose speed drifts slows both alike;
-the median per-step wall time of each is reported, and ``adalfl_over_ce`` is their ratio.
+Timing: CE and AdaLFL steps alternate (in blocks of ``block``), so that a machine whose speed
+drifts slows both alike; the median per-step wall time of each is reported, and
+``adalfl_over_ce`` is their ratio.
 Memory: each (model, method, backend) runs alone in a fresh subprocess; on CPU the figure is the
 growth of the process's peak resident memory over its resident memory after set-up and one
 warm-up step (the peak is reset there), with glibc told to map every block of 16 KiB or more

@@ -63,6 +63,14 @@ class _Rule:
 
     keeps_output = True  # False: the output is recomputed from the input's primal when replayed
 
+    def applies(self, module: nn.Module, x: torch.Tensor) -> bool:
+        """False: this call runs as ordinary forward-mode AD instead."""
+        return True
+
+    def returned(self, module: nn.Module, dual: torch.Tensor, saved: object) -> object:
+        """What the module's forward returns, given its output as a dual tensor."""
+        return dual
+
     def output(self, module: nn.Module, primal_in: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -85,6 +93,12 @@ class _ConvOrLinear(_Rule):
 
 
 class _MaxPool2d(_Rule):
+    def applies(self, module, x):  # noqa: ANN001, ANN201
+        return x.dim() == 4  # batched; unbatched input runs as ordinary forward-mode AD
+
+    def returned(self, module, dual, saved):  # noqa: ANN001, ANN201
+        return (dual, saved) if module.return_indices else dual
+
     def record(self, module, x):  # noqa: ANN001, ANN201
         out, indices = F.max_pool2d(x, module.kernel_size, module.stride, module.padding, module.dilation,
                                     ceil_mode=module.ceil_mode, return_indices=True)
@@ -132,7 +146,7 @@ class ForwardRecord:
             rule = RULES[type(module)]
 
             def forward(x: torch.Tensor) -> torch.Tensor:
-                if x.dim() != 4 and isinstance(module, nn.MaxPool2d):  # unbatched: no rule
+                if not rule.applies(module, x):
                     self.calls[module].append(None)
                     return type(module).forward(module, x)
                 out, saved = rule.record(module, x)
@@ -167,10 +181,7 @@ class ForwardRecord:
                 if out is None:
                     out = rule.output(module, primal)
                 tangent = rule.tangent(module, out, saved, t_in)
-                dual = fwAD.make_dual(out, tangent) if tangent is not None else out
-                if isinstance(module, nn.MaxPool2d) and module.return_indices:
-                    return dual, saved
-                return dual
+                return rule.returned(module, fwAD.make_dual(out, tangent) if tangent is not None else out, saved)
 
             return forward
 
