@@ -17,6 +17,7 @@ on CUDA ``torch.cuda.max_memory_allocated`` during the steps.
     python benchmarks/step_cost.py                                # CPU, or the first GPU
     python benchmarks/step_cost.py device=cpu threads=2 steps=30 models=[lenet5,smallcnn]
     python benchmarks/step_cost.py cpu_memory=system    # glibc's default allocator behaviour
+    python benchmarks/step_cost.py device=cuda models=[mlp,lenet5,smallcnn,resnet18,wrn16_8]
 
 Prints one JSON object; results go in docs/benchmarks.md, never into test assertions.
 """
@@ -40,7 +41,9 @@ from adalfl.losses import Task
 from adalfl.methods.adalfl import AdaLFL
 from adalfl.methods.ce import CrossEntropy
 from adalfl.models.lenet import LeNet5, SmallCNN
+from adalfl.models.resnet import ResNet18
 from adalfl.models.simple import MLP
+from adalfl.models.wideresnet import wrn16_8
 from adalfl.utils import resolve_device
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -68,6 +71,9 @@ MODELS = {
     "mlp": (lambda: MLP([1, 28, 28], 10, widths=(100, 100)), (1, 28, 28), MNIST_SGD),
     "lenet5": (lambda: LeNet5([1, 28, 28], 10), (1, 28, 28), MNIST_SGD),
     "smallcnn": (lambda: SmallCNN([3, 32, 32], 10), (3, 32, 32), CIFAR_SGD),
+    # the paper's larger networks, for GPU runs (models=[resnet18,wrn16_8]); too slow for a 2-core CPU
+    "resnet18": (lambda: ResNet18([3, 32, 32], 10), (3, 32, 32), CIFAR_SGD),
+    "wrn16_8": (lambda: wrn16_8([3, 32, 32], 10), (3, 32, 32), CIFAR_SGD),
 }
 
 

@@ -22,6 +22,8 @@ register_configs()
 register_resolvers()
 # The tests' models are tiny: one thread is faster, and immune to a busy second core.
 torch.set_num_threads(1)
+# The meta-gradient and tangent-pass tests also run on a GPU: ADALFL_TEST_DEVICE=cuda pytest tests/test_meta.py
+TEST_DEVICE = torch.device(os.environ.get("ADALFL_TEST_DEVICE", "cpu"))
 
 
 def compose_config(*overrides: str) -> DictConfig:

@@ -18,6 +18,7 @@ from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.meta import make_engine
 from adalfl.meta.sgd import SGDHyper, sgd_update
 from adalfl.meta.tangent import ForwardRecord
+from conftest import TEST_DEVICE
 
 TASK = Task("classification", 3)
 SGD_KW = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
@@ -29,10 +30,11 @@ def _setup(batch_norm: bool = False, dtype: torch.dtype = torch.float64, seed: i
     if batch_norm:
         layers.append(nn.BatchNorm1d(6))
     layers += [nn.Tanh(), nn.Linear(6, 3)]
-    model = nn.Sequential(*layers).to(dtype)
-    loss = OutputWiseLoss(TASK, PointwiseNetwork(hidden=(8, 8))).to(dtype)
+    model = nn.Sequential(*layers).to(TEST_DEVICE, dtype)
+    loss = OutputWiseLoss(TASK, PointwiseNetwork(hidden=(8, 8))).to(TEST_DEVICE, dtype)
     x, y = torch.randn(16, 4, dtype=dtype), torch.randint(0, 3, (16,))
     xv, yv = torch.randn(12, 4, dtype=dtype), torch.randint(0, 3, (12,))
+    x, y, xv, yv = (t.to(TEST_DEVICE) for t in (x, y, xv, yv))
     optimizer = torch.optim.SGD(model.parameters(), **SGD_KW)
     if prestep:  # one real step first, so the look-ahead starts from non-empty momentum buffers
         optimizer.zero_grad()
@@ -124,8 +126,8 @@ def test_batchnorm_statistics_move_only_with_the_base_step(backend: str) -> None
 def test_frozen_loss_lookahead_reproduces_torch_sgd(backend: str, nesterov: bool) -> None:
     """Twenty committed look-ahead steps equal twenty torch.optim.SGD steps (schedule included)."""
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
-    loss = OutputWiseLoss(TASK, PointwiseNetwork())
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).to(TEST_DEVICE)
+    loss = OutputWiseLoss(TASK, PointwiseNetwork()).to(TEST_DEVICE)
     twin = copy.deepcopy(model)
     kw = dict(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=5e-4)
     opt_a, opt_b = torch.optim.SGD(model.parameters(), **kw), torch.optim.SGD(twin.parameters(), **kw)
@@ -134,7 +136,7 @@ def test_frozen_loss_lookahead_reproduces_torch_sgd(backend: str, nesterov: bool
     engine = make_engine(backend)
     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
     for _ in range(20):
-        x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        x, y = torch.randn(32, 4, device=TEST_DEVICE), torch.randint(0, 3, (32,), device=TEST_DEVICE)
         step = engine.step(model, opt_a, loss, list(loss.parameters()), (x, y), (x[:8], y[:8]), TASK.loss)
         engine.commit(model, opt_a, step)
         opt_b.zero_grad()
@@ -208,8 +210,8 @@ class _Reuses(nn.Module):
 
 def test_recorded_jvp_handles_reused_modules_and_refuses_a_different_forward() -> None:
     torch.manual_seed(0)
-    model = _Reuses().double()
-    x = torch.randn(5, 2, 4, 8, dtype=torch.float64)
+    model = _Reuses().to(TEST_DEVICE, torch.float64)
+    x = torch.randn(5, 2, 4, 8, dtype=torch.float64, device=TEST_DEVICE)
     names, params = zip(*model.named_parameters())
     tangents = [torch.randn_like(p) for p in params]
     record = ForwardRecord(model)

@@ -23,6 +23,7 @@ from adalfl.meta.tangent import ForwardRecord
 from adalfl.config import ConfigError, model_name, register_configs
 from adalfl.models import reset_parameters
 from adalfl.sweep.resolvers import register_resolvers
+from conftest import TEST_DEVICE
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -130,9 +131,9 @@ def test_recorded_jvp_equals_forward_mode_ad(model: str, dataset: str) -> None:
     """The engine's Jacobian-vector product, which reuses the base forward's activations for
     the layers it has rules for, equals plain forward-mode AD through the whole model."""
     net, cfg = build(model, dataset)
-    net.train()
+    net.to(TEST_DEVICE).train()
     image = len(cfg.dataset.input_shape) == 3
-    x = torch.randn(4, *cfg.dataset.input_shape)
+    x = torch.randn(4, *cfg.dataset.input_shape, device=TEST_DEVICE)
     if image:  # as jobs run (channels_last=true)
         x = x.contiguous(memory_format=torch.channels_last)
     names, params = zip(*net.named_parameters())
