@@ -286,3 +286,39 @@ def test_sgd_update_keeps_the_parameters_memory_layout() -> None:
         step = sgd_update([weight.detach()], [grad], [None], hyper)
         assert step.params[0].stride() == weight.stride()
         torch.testing.assert_close(step.params[0], weight.detach() - 0.1 * step.directions[0])
+
+
+class _ChainsCalledTwice(nn.Module):
+    """A Sequential with a conv -> ReLU -> max-pool chain and a conv -> ReLU chain, whose modules
+    are also called one by one outside it (the record then kept no output for those calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True))
+        self.head = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chained = self.features(x)
+        f = self.features
+        one_by_one = f[4](f[3](f[2](f[1](f[0](x)))))
+        return self.head((chained * one_by_one).flatten(1))
+
+
+def test_recorded_jvp_replays_sequential_chains_and_their_modules_outside_them() -> None:
+    torch.manual_seed(0)
+    model = _ChainsCalledTwice().to(TEST_DEVICE, torch.float64)
+    x = torch.randn(5, 2, 8, 8, dtype=torch.float64, device=TEST_DEVICE)
+    names, params = zip(*model.named_parameters())
+    tangents = [torch.randn_like(p) for p in params]
+    record = ForwardRecord(model)
+    chains = record.chains[model.features]
+    assert [len(c.modules) for c in chains.values()] == [3, 2]
+    with record.recording():
+        model(x)
+    got = record.jvp(names, params, tangents, {}, x)
+    with torch.no_grad(), fwAD.dual_level():
+        duals = {n: fwAD.make_dual(p.detach(), t) for n, p, t in zip(names, params, tangents)}
+        expected = fwAD.unpack_dual(functional_call(model, duals, (x,))).tangent
+    torch.testing.assert_close(got, expected)
+    assert "forward" not in vars(model.features)

@@ -12,13 +12,22 @@ how much of the model the rules cover.
 
 Only modules of exactly these types use a rule (a subclass may change ``forward``):
 nn.Conv1d/2d/3d, nn.Linear, nn.MaxPool2d and nn.ReLU.
+
+Chains. Inside an nn.Sequential (exact type), a convolution or linear layer followed by a ReLU,
+and a ReLU followed by a max-pool, are replayed as one step. A conv -> ReLU -> max-pool chain
+keeps only the conv's input and the pool's indices and output: its tangent is the conv's tangent
+gathered at the pool's indices and masked where the pooled output is zero (max-pooling commutes
+with the ReLU), which skips two full-resolution passes and keeps no full-resolution output. A
+conv -> ReLU chain keeps the ReLU's output instead of the conv's. Sequential's forward hands each
+child's output to the next child only, which is what makes this exact; a module that appears more
+than once in the model is never part of a chain.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -86,6 +95,14 @@ class _ConvOrLinear(_Rule):
     def record(self, module, x):  # noqa: ANN001, ANN201
         return type(module).forward(module, x), x.detach()
 
+    def output(self, module, primal_in):  # noqa: ANN001, ANN201
+        # Only for a chain's head called outside its chain (then its output was not kept). The
+        # parameters are dual tensors here: their primals give the primal output.
+        weight = _primal_tangent(module.weight)[0]
+        bias = _primal_tangent(module.bias)[0] if module.bias is not None else None
+        apply = F.linear if isinstance(module, nn.Linear) else module._conv_forward
+        return apply(primal_in, weight, bias)
+
     def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
         if isinstance(module, nn.Linear):
             return _linear_like_tangent(F.linear, saved, t_in, module.weight, module.bias)
@@ -126,8 +143,55 @@ class _ReLU(_Rule):
 
 
 _CONV = _ConvOrLinear()
-RULES: dict[type, _Rule] = {nn.Linear: _CONV, nn.Conv1d: _CONV, nn.Conv2d: _CONV, nn.Conv3d: _CONV,
-                            nn.MaxPool2d: _MaxPool2d(), nn.ReLU: _ReLU()}
+_HEADS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+RULES: dict[type, _Rule] = {**{kind: _CONV for kind in _HEADS}, nn.MaxPool2d: _MaxPool2d(), nn.ReLU: _ReLU()}
+
+
+class _Chain(NamedTuple):
+    """Consecutive children of an nn.Sequential replayed as one step: [head] -> ReLU -> [pool]."""
+
+    head: Optional[nn.Module]  # a conv or linear layer
+    relu: nn.Module
+    pool: Optional[nn.Module]  # a max-pool
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        return [m for m in self if m is not None]
+
+
+def _chain_at(children: list[nn.Module], i: int, single: set[nn.Module]) -> Optional[_Chain]:
+    def kind(j: int, *types: type) -> Optional[nn.Module]:
+        ok = j < len(children) and type(children[j]) in types and children[j] in single
+        return children[j] if ok else None
+
+    head = kind(i, *_HEADS)
+    j = i + (head is not None)
+    relu = kind(j, nn.ReLU)
+    pool = kind(j + 1, nn.MaxPool2d)
+    if relu is None or (head is None and pool is None):
+        return None
+    return _Chain(head, relu, pool)
+
+
+def _find_chains(model: nn.Module) -> dict[nn.Module, dict[int, _Chain]]:
+    """For every nn.Sequential with chains: the index of each chain's first child, and the chain."""
+    counts: dict[nn.Module, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        counts[module] = counts.get(module, 0) + 1
+    single = {m for m, n in counts.items() if n == 1}
+    found: dict[nn.Module, dict[int, _Chain]] = {}
+    for seq in model.modules():
+        if type(seq) is not nn.Sequential or seq not in single:
+            continue
+        children, i = list(seq), 0
+        while i < len(children):
+            chain = _chain_at(children, i, single)
+            if chain is None:
+                i += 1
+                continue
+            found.setdefault(seq, {})[i] = chain
+            i += len(chain.modules)
+    return found
 
 
 class ForwardRecord:
@@ -137,6 +201,14 @@ class ForwardRecord:
         self.model = model
         self.modules = [m for m in model.modules() if type(m) in RULES]
         self.calls: dict[nn.Module, deque] = {m: deque() for m in self.modules}
+        self.chains = _find_chains(model)
+        # Whose output the record keeps: in a chain, the last module that is not a pool's input.
+        self.keeps_output = {m: RULES[type(m)].keeps_output for m in self.modules}
+        for chains in self.chains.values():
+            for chain in chains.values():
+                if chain.head is not None:
+                    self.keeps_output[chain.head] = False
+                self.keeps_output[chain.relu] = chain.pool is None
 
     @contextmanager
     def recording(self) -> Iterator[None]:
@@ -150,7 +222,7 @@ class ForwardRecord:
                     self.calls[module].append(None)
                     return type(module).forward(module, x)
                 out, saved = rule.record(module, x)
-                kept = (out[0] if isinstance(out, tuple) else out).detach() if rule.keeps_output else None
+                kept = (out[0] if isinstance(out, tuple) else out).detach() if self.keeps_output[module] else None
                 self.calls[module].append((kept, saved))
                 return out
 
@@ -185,7 +257,25 @@ class ForwardRecord:
 
             return forward
 
-        with torch.no_grad(), fwAD.dual_level(), _patched_forwards(self.modules, replayer):
+        def sequential_replayer(seq: nn.Module) -> Callable:
+            children, chains = list(seq), self.chains[seq]
+
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                i = 0
+                while i < len(children):
+                    chain = chains.get(i)
+                    if chain is not None and all(self.calls[m] and self.calls[m][0] is not None for m in chain.modules):
+                        x = self._replay_chain(chain, x)
+                        i += len(chain.modules)
+                    else:  # a call that no rule applied to: the modules one by one
+                        x = children[i](x)
+                        i += 1
+                return x
+
+            return forward
+
+        with torch.no_grad(), fwAD.dual_level(), _patched_forwards(self.modules, replayer), \
+                _patched_forwards(list(self.chains), sequential_replayer):
             duals = {name: fwAD.make_dual(p.detach(), t) for name, p, t in zip(names, params, tangents)}
             out = functional_call(self.model, {**duals, **buffers}, (x,))
             tangent = fwAD.unpack_dual(out).tangent
@@ -193,6 +283,27 @@ class ForwardRecord:
         if leftover:
             raise RuntimeError(f"the tangent pass skipped calls the base forward made to {leftover[0]}")
         return tangent if tangent is not None else torch.zeros_like(out)
+
+    def _replay_chain(self, chain: _Chain, x_dual: torch.Tensor) -> object:
+        primal, tangent = _primal_tangent(x_dual)
+        if chain.head is not None:
+            _, saved = self.calls[chain.head].popleft()
+            if primal.shape != saved.shape:
+                raise RuntimeError(f"the tangent pass reached {chain.head} with input {tuple(primal.shape)}, "
+                                   f"the base forward with {tuple(saved.shape)}")
+            tangent = _CONV.tangent(chain.head, None, saved, tangent)
+        relu_out, _ = self.calls[chain.relu].popleft()
+        if chain.pool is None:
+            out = relu_out  # kept: a chain has a head when it has no pool
+        else:
+            out, indices = self.calls[chain.pool].popleft()
+            # max-pool(relu(z)) = relu(max-pool(z)) at the same argmax: gather first, mask the
+            # smaller pooled tensor.
+            tangent = _gather_pooled(tangent, indices) if tangent is not None else None
+        if tangent is not None:
+            tangent = torch.ops.aten.threshold_backward(tangent, out, 0)
+        dual = fwAD.make_dual(out, tangent) if tangent is not None else out
+        return RULES[nn.MaxPool2d].returned(chain.pool, dual, indices) if chain.pool is not None else dual
 
 
 @contextmanager
