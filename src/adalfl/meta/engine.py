@@ -29,6 +29,7 @@ Layers without a tangent rule run as ordinary forward-mode AD inside the same pa
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -152,6 +153,15 @@ class _RngReplay:
 class FuncEngine(MetaEngine):
     name = "func"
 
+    def __init__(self) -> None:
+        # One ForwardRecord per model, reused every step (finding its layers walks the model).
+        self._records: weakref.WeakKeyDictionary[nn.Module, ForwardRecord] = weakref.WeakKeyDictionary()
+
+    def _record(self, model: nn.Module) -> ForwardRecord:
+        if model not in self._records:
+            self._records[model] = ForwardRecord(model)
+        return self._records[model]
+
     def step(self, model, optimizer, loss_fn, meta_params, train, val, task_loss, lr=None, loss_has_meta_params=True):  # noqa: ANN001, ANN201, E501
         hyper = SGDHyper.from_optimizer(optimizer)
         names, params = zip(*model.named_parameters())
@@ -160,7 +170,7 @@ class FuncEngine(MetaEngine):
 
         # Base step: the real forward (moves BatchNorm statistics once), s = dM/df kept on phi's
         # graph, and the base gradient J^T s by an ordinary backward pass.
-        record = ForwardRecord(model)  # what the tangent pass below reuses (not needed for lr alone)
+        record = self._record(model)  # what the tangent pass below reuses (not needed for lr alone)
         with record.recording() if loss_has_meta_params else nullcontext():
             output = model(x)
         base_loss, s = _loss_and_output_gradient(loss_fn, output.detach(), y, loss_has_meta_params)

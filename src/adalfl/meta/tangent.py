@@ -212,7 +212,10 @@ class ForwardRecord:
 
     @contextmanager
     def recording(self) -> Iterator[None]:
-        """Run the model's ordinary forward, keeping each covered layer's input or indices."""
+        """Run the model's ordinary forward, keeping each covered layer's input or indices
+        (and dropping whatever an earlier, interrupted step left)."""
+        for calls in self.calls.values():
+            calls.clear()
 
         def recorder(module: nn.Module) -> Callable:
             rule = RULES[type(module)]
