@@ -322,3 +322,28 @@ def test_recorded_jvp_replays_sequential_chains_and_their_modules_outside_them()
         expected = fwAD.unpack_dual(functional_call(model, duals, (x,))).tangent
     torch.testing.assert_close(got, expected)
     assert "forward" not in vars(model.features)
+
+
+class _ValueAndSlope(nn.Module):
+    def __init__(self, net: PointwiseNetwork) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.value_and_slope(pairs)
+
+
+@pytest.mark.parametrize(("hidden", "output"), [("smooth_leaky_relu", "smooth_leaky_relu"), ("relu", "softplus"),
+                                                ("smooth_leaky_relu", "none")])
+def test_value_and_slope_backward_passes_gradcheck(hidden: str, output: str) -> None:
+    """The written-out backward of l and dl/dprediction, in the pairs and in every parameter."""
+    torch.manual_seed(0)
+    module = _ValueAndSlope(PointwiseNetwork(hidden=(5, 4), activation=hidden, output_activation=output).double())
+    names = [name for name, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    pairs = torch.rand(3, 4, 2, dtype=torch.float64, requires_grad=True)
+
+    def value_and_slope(pairs: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return functional_call(module, dict(zip(names, params)), (pairs,))
+
+    assert torch.autograd.gradcheck(value_and_slope, (pairs, *params))

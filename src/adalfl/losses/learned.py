@@ -49,24 +49,84 @@ class _SmoothLeakyReLUFunction(torch.autograd.Function):
         return grad * _phi_slope(torch.sigmoid(x * ctx.beta), ctx.gamma), None, None
 
 
-class _SmoothLeakyReLUWithSlope(torch.autograd.Function):
-    """(phi(x), phi'(x)) as one node, for ``PointwiseNetwork.value_and_slope``. Its backward is
-    differentiated by nobody (the meta-gradient differentiates that forward pass once), so it is
-    written with the second derivative, beta (1 - gamma) sigmoid (1 - sigmoid), in closed form."""
+def _derivatives(activation: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float, object]:
+    """An activation's value and slope at z, and what its curvature is later computed from."""
+    if isinstance(activation, SmoothLeakyReLU):
+        beta, gamma = activation.beta, activation.gamma
+        bz = z * beta
+        sig = torch.sigmoid(bz)
+        # softplus(bz) = relu(bz) - log(sigmoid(|bz|)), and sigmoid(|bz|) = max(sig, 1 - sig)
+        value = (torch.relu(bz) - torch.log(torch.maximum(sig, 1 - sig))) * ((1 - gamma) / beta)
+        if gamma:
+            value = value + gamma * z
+        return value, _phi_slope(sig, gamma), sig
+    if isinstance(activation, nn.ReLU):
+        return torch.relu(z), (z > 0).to(z.dtype), None
+    if isinstance(activation, nn.Identity):
+        return z, 1.0, None
+    raise TypeError(f"no derivative for {activation}")
+
+
+def _curvature(activation: nn.Module, sig: object) -> torch.Tensor | None:
+    """The activation's second derivative (None: zero), from what ``_derivatives`` kept."""
+    if sig is None:
+        return None
+    return sig * (1 - sig) * (activation.beta * (1 - activation.gamma))
+
+
+class _ValueAndSlope(torch.autograd.Function):
+    """l(pairs) and dl/dprediction of an MLP l with scalar activations, in one autograd node.
+
+    Forward: each layer's pre-activation z = h W^T + b and its derivative along the prediction,
+    t_pre = W[:, 0] at the first layer and t W^T after it, then h = a(z), t = t_pre a'(z).
+    Backward, written out (reverse mode through that forward, with a'' for the slope's
+    dependence on z); the meta-gradient differentiates this node once, so it need not be
+    differentiable itself. Tested against autograd in float64 (tests/test_meta.py)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, beta: float, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        sig = torch.sigmoid(x * beta)
-        slope = _phi_slope(sig, gamma)
-        ctx.save_for_backward(sig, slope)
-        ctx.curvature = beta * (1 - gamma)
-        return _phi(x, beta, gamma), slope
+    def forward(ctx, pairs: torch.Tensor, activations: list, *weights: torch.Tensor):  # noqa: ANN001, ANN205
+        h, t, saved = pairs, None, []
+        for layer, (weight, bias) in enumerate(zip(weights[0::2], weights[1::2])):
+            z = torch.addmm(bias, h, weight.t())
+            t_pre = weight[:, 0].expand_as(z) if t is None else t @ weight.t()
+            value, slope, kept = _derivatives(activations[layer], z)
+            saved.append((h, t, t_pre, slope, kept))
+            h, t = value, t_pre * slope
+        ctx.activations, ctx.saved, ctx.weights = activations, saved, weights
+        return h.squeeze(-1), t.squeeze(-1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_value: torch.Tensor, grad_slope: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001, E501
-        sig, slope = ctx.saved_tensors
-        return grad_value * slope + grad_slope * (sig * (1 - sig) * ctx.curvature), None, None
+    def backward(ctx, grad_value: torch.Tensor | None, grad_slope: torch.Tensor | None):  # noqa: ANN001, ANN205
+        g_h = grad_value.unsqueeze(-1) if grad_value is not None else None
+        g_t = grad_slope.unsqueeze(-1) if grad_slope is not None else None
+        grads: list[torch.Tensor | None] = [None] * len(ctx.weights)
+        g_pairs = None
+        for layer in reversed(range(len(ctx.saved))):
+            h_in, t_in, t_pre, slope, kept = ctx.saved[layer]
+            weight = ctx.weights[2 * layer]
+            g_z = g_h * slope if g_h is not None else None  # through h = a(z)
+            g_tpre = None
+            if g_t is not None:  # through t = t_pre a'(z): a'' for z, a' for t_pre
+                g_tpre = g_t * slope
+                curvature = _curvature(ctx.activations[layer], kept)
+                if curvature is not None:
+                    g_zt = g_t * t_pre * curvature
+                    g_z = g_zt if g_z is None else g_z + g_zt
+            g_weight = g_z.t() @ h_in if g_z is not None else torch.zeros_like(weight)
+            if g_tpre is not None:
+                if t_in is None:  # t_pre = W[:, 0]
+                    g_weight[:, 0] += g_tpre.sum(0)
+                else:
+                    g_weight = g_weight + g_tpre.t() @ t_in
+            grads[2 * layer] = g_weight
+            grads[2 * layer + 1] = g_z.sum(0) if g_z is not None else None
+            if layer == 0:
+                g_pairs = g_z @ weight if g_z is not None else None
+            else:
+                g_h = g_z @ weight if g_z is not None else None
+                g_t = g_tpre @ weight if g_tpre is not None else None
+        return (g_pairs, None, *grads)
 
 
 class SmoothLeakyReLU(nn.Module):
@@ -86,10 +146,6 @@ class SmoothLeakyReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _SmoothLeakyReLUFunction.apply(x, self.beta, self.gamma)
 
-    def value_and_slope(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """phi(x) and phi'(x), both once differentiable."""
-        return _SmoothLeakyReLUWithSlope.apply(x, self.beta, self.gamma)
-
     def extra_repr(self) -> str:
         return f"beta={self.beta}, gamma={self.gamma}"
 
@@ -104,17 +160,6 @@ def _activation(name: str, beta: float, gamma: float) -> nn.Module:
     if name == "none":
         return nn.Identity()
     raise ValueError(f"unknown activation {name!r}: use smooth_leaky_relu, relu, softplus or none")
-
-
-def _value_and_slope(activation: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
-    """The activation and its derivative at x, elementwise."""
-    if isinstance(activation, SmoothLeakyReLU):
-        return activation.value_and_slope(x)
-    if isinstance(activation, nn.ReLU):
-        return activation(x), (x > 0).to(x.dtype)
-    if isinstance(activation, nn.Identity):
-        return x, 1.0
-    raise TypeError(f"no derivative for {activation}")
 
 
 class PointwiseNetwork(nn.Module):
@@ -150,17 +195,12 @@ class PointwiseNetwork(nn.Module):
 
     def value_and_slope(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """l(prediction, target) and dl/dprediction for every pair, both differentiable in the
-        network's parameters: the forward pass carries the derivative along (forward mode, by hand)."""
-        h, slope = pairs, None
-        for layer in self.net:
-            if isinstance(layer, nn.Linear):
-                # d(W h + b)/dprediction: W's first column at the input layer, W slope after it.
-                slope = layer.weight[:, 0] if slope is None else slope @ layer.weight.T
-                h = layer(h)
-            else:
-                h, layer_slope = _value_and_slope(layer, h)
-                slope = slope * layer_slope
-        return h.squeeze(-1), slope.squeeze(-1)
+        network's parameters: the forward pass carries the derivative along (forward mode, by hand),
+        as one autograd node with a written-out backward."""
+        linears, activations = list(self.net)[0::2], list(self.net)[1::2]
+        weights = [w for layer in linears for w in (layer.weight, layer.bias)]
+        values, slopes = _ValueAndSlope.apply(pairs.reshape(-1, pairs.shape[-1]), activations, *weights)
+        return values.view(pairs.shape[:-1]), slopes.view(pairs.shape[:-1])
 
 
 class OutputWiseLoss(nn.Module):
