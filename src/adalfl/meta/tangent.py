@@ -41,11 +41,14 @@ def _primal_tangent(tensor: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.
     return unpacked.primal, unpacked.tangent
 
 
+Split = Callable[[torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor]]]  # a parameter -> (primal, tangent)
+
+
 def _linear_like_tangent(apply: Callable, x: torch.Tensor, t_in: Optional[torch.Tensor],
-                         weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+                         weight: torch.Tensor, bias: Optional[torch.Tensor], split: Split) -> torch.Tensor:
     """d(apply(x, W, b)) = apply(x, dW, db) + apply(dx, W, 0) for a map linear in x and in (W, b)."""
-    w, t_w = _primal_tangent(weight)
-    b, t_b = _primal_tangent(bias) if bias is not None else (None, None)
+    w, t_w = split(weight)
+    b, t_b = split(bias) if bias is not None else (None, None)
     if t_w is None:  # this weight is not being differentiated
         t_w = torch.zeros_like(w)
     tangent = apply(x, t_w, t_b)
@@ -80,14 +83,15 @@ class _Rule:
         """What the module's forward returns, given its output as a dual tensor."""
         return dual
 
-    def output(self, module: nn.Module, primal_in: torch.Tensor) -> torch.Tensor:
+    def output(self, module: nn.Module, primal_in: torch.Tensor, split: Split) -> torch.Tensor:
         raise NotImplementedError
 
     def record(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, object]:
         raise NotImplementedError
 
     def tangent(self, module: nn.Module, out: torch.Tensor, saved: object,
-                t_in: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+                t_in: Optional[torch.Tensor], split: Split) -> Optional[torch.Tensor]:
+        """The output's tangent; ``split`` gives a parameter's primal and tangent."""
         raise NotImplementedError
 
 
@@ -95,18 +99,16 @@ class _ConvOrLinear(_Rule):
     def record(self, module, x):  # noqa: ANN001, ANN201
         return type(module).forward(module, x), x.detach()
 
-    def output(self, module, primal_in):  # noqa: ANN001, ANN201
-        # Only for a chain's head called outside its chain (then its output was not kept). The
-        # parameters are dual tensors here: their primals give the primal output.
-        weight = _primal_tangent(module.weight)[0]
-        bias = _primal_tangent(module.bias)[0] if module.bias is not None else None
+    def output(self, module, primal_in, split):  # noqa: ANN001, ANN201
+        # Only for a chain's head called outside its chain (then its output was not kept).
+        weight = split(module.weight)[0]
+        bias = split(module.bias)[0] if module.bias is not None else None
         apply = F.linear if isinstance(module, nn.Linear) else module._conv_forward
         return apply(primal_in, weight, bias)
 
-    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
-        if isinstance(module, nn.Linear):
-            return _linear_like_tangent(F.linear, saved, t_in, module.weight, module.bias)
-        return _linear_like_tangent(module._conv_forward, saved, t_in, module.weight, module.bias)
+    def tangent(self, module, out, saved, t_in, split):  # noqa: ANN001, ANN201
+        apply = F.linear if isinstance(module, nn.Linear) else module._conv_forward
+        return _linear_like_tangent(apply, saved, t_in, module.weight, module.bias, split)
 
 
 class _MaxPool2d(_Rule):
@@ -121,7 +123,7 @@ class _MaxPool2d(_Rule):
                                     ceil_mode=module.ceil_mode, return_indices=True)
         return (out, indices) if module.return_indices else out, indices
 
-    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
+    def tangent(self, module, out, saved, t_in, split):  # noqa: ANN001, ANN201
         return _gather_pooled(t_in, saved) if t_in is not None else None
 
 
@@ -134,10 +136,10 @@ class _ReLU(_Rule):
     def record(self, module, x):  # noqa: ANN001, ANN201
         return type(module).forward(module, x), None
 
-    def output(self, module, primal_in):  # noqa: ANN001, ANN201
+    def output(self, module, primal_in, split):  # noqa: ANN001, ANN201
         return torch.relu(primal_in)
 
-    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
+    def tangent(self, module, out, saved, t_in, split):  # noqa: ANN001, ANN201
         # t_in where the output is positive, else 0: relu's derivative as one fused op.
         return torch.ops.aten.threshold_backward(t_in, out, 0) if t_in is not None else None
 
@@ -202,6 +204,10 @@ class ForwardRecord:
         self.modules = [m for m in model.modules() if type(m) in RULES]
         self.calls: dict[nn.Module, deque] = {m: deque() for m in self.modules}
         self.chains = _find_chains(model)
+        # When every parameter belongs to a layer with a rule, the tangent pass can call the model
+        # itself and hand the rules their parameters' tangents, without functional_call or duals.
+        covered = {p for m in self.modules if isinstance(m, _HEADS) for p in m.parameters(recurse=False)}
+        self.rules_cover_every_parameter = all(p in covered for p in model.parameters())
         # Whose output the record keeps: in a chain, the last module that is not a pool's input.
         self.keeps_output = {m: RULES[type(m)].keeps_output for m in self.modules}
         for chains in self.chains.values():
@@ -254,8 +260,8 @@ class ForwardRecord:
                     raise RuntimeError(f"the tangent pass reached {module} with input {tuple(primal.shape)}, "
                                        f"the base forward with {tuple(saved.shape)}")
                 if out is None:
-                    out = rule.output(module, primal)
-                tangent = rule.tangent(module, out, saved, t_in)
+                    out = rule.output(module, primal, split)
+                tangent = rule.tangent(module, out, saved, t_in, split)
                 return rule.returned(module, fwAD.make_dual(out, tangent) if tangent is not None else out, saved)
 
             return forward
@@ -268,7 +274,7 @@ class ForwardRecord:
                 while i < len(children):
                     chain = chains.get(i)
                     if chain is not None and all(self.calls[m] and self.calls[m][0] is not None for m in chain.modules):
-                        x = self._replay_chain(chain, x)
+                        x = self._replay_chain(chain, x, split)
                         i += len(chain.modules)
                     else:  # a call that no rule applied to: the modules one by one
                         x = children[i](x)
@@ -277,24 +283,38 @@ class ForwardRecord:
 
             return forward
 
+        own = list(self.model.parameters())
+        direct = (self.rules_cover_every_parameter and not buffers and len(params) == len(own)
+                  and all(p is q for p, q in zip(params, own)))
+        if direct:  # the model's own parameters, whose tangents the rules look up
+            by_param = dict(zip(params, tangents))
+
+            def split(param: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                return param.detach(), by_param.get(param)
+        else:  # the parameters are dual tensors, swapped in by functional_call
+            split = _primal_tangent
+
         with torch.no_grad(), fwAD.dual_level(), _patched_forwards(self.modules, replayer), \
                 _patched_forwards(list(self.chains), sequential_replayer):
-            duals = {name: fwAD.make_dual(p.detach(), t) for name, p, t in zip(names, params, tangents)}
-            out = functional_call(self.model, {**duals, **buffers}, (x,))
+            if direct:
+                out = self.model(x)
+            else:
+                duals = {name: fwAD.make_dual(p.detach(), t) for name, p, t in zip(names, params, tangents)}
+                out = functional_call(self.model, {**duals, **buffers}, (x,))
             tangent = fwAD.unpack_dual(out).tangent
         leftover = [m for m in self.modules if self.calls[m]]
         if leftover:
             raise RuntimeError(f"the tangent pass skipped calls the base forward made to {leftover[0]}")
         return tangent if tangent is not None else torch.zeros_like(out)
 
-    def _replay_chain(self, chain: _Chain, x_dual: torch.Tensor) -> object:
+    def _replay_chain(self, chain: _Chain, x_dual: torch.Tensor, split: Split) -> object:
         primal, tangent = _primal_tangent(x_dual)
         if chain.head is not None:
             _, saved = self.calls[chain.head].popleft()
             if primal.shape != saved.shape:
                 raise RuntimeError(f"the tangent pass reached {chain.head} with input {tuple(primal.shape)}, "
                                    f"the base forward with {tuple(saved.shape)}")
-            tangent = _CONV.tangent(chain.head, None, saved, tangent)
+            tangent = _CONV.tangent(chain.head, None, saved, tangent, split)
         relu_out, _ = self.calls[chain.relu].popleft()
         if chain.pool is None:
             out = relu_out  # kept: a chain has a head when it has no pool
