@@ -21,6 +21,10 @@ with the ReLU), which skips two full-resolution passes and keeps no full-resolut
 conv -> ReLU chain keeps the ReLU's output instead of the conv's. Sequential's forward hands each
 child's output to the next child only, which is what makes this exact; a module that appears more
 than once in the model is never part of a chain.
+
+Parameters. The tangent pass normally swaps dual parameters into the model with functional_call.
+When every parameter belongs to a layer with a rule (no BatchNorm, for instance), it calls the
+model itself and the rules look the parameters' tangents up instead, which saves the swap.
 """
 
 from __future__ import annotations
