@@ -50,28 +50,39 @@ class _SmoothLeakyReLUFunction(torch.autograd.Function):
 
 
 def _derivatives(activation: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float, object]:
-    """An activation's value and slope at z, and what its curvature is later computed from."""
+    """An activation's value and slope at z, and what ``_slope``/``_curvature`` recompute them from."""
     if isinstance(activation, SmoothLeakyReLU):
         beta, gamma = activation.beta, activation.gamma
         bz = z * beta
         sig = torch.sigmoid(bz)
-        # softplus(bz) = relu(bz) - log(sigmoid(|bz|)), and sigmoid(|bz|) = max(sig, 1 - sig)
-        value = (torch.relu(bz) - torch.log(torch.maximum(sig, 1 - sig))) * ((1 - gamma) / beta)
+        # softplus(bz) = relu(bz) - log(sigmoid(|bz|)), and sigmoid(|bz|) = max(sig, 1 - sig).
+        # In place where nothing else holds the tensor: fewer and smaller temporaries.
+        value = bz.relu_().sub_(torch.maximum(sig, 1 - sig).log_()).mul_((1 - gamma) / beta)
         if gamma:
-            value = value + gamma * z
+            value.add_(z, alpha=gamma)
         return value, _phi_slope(sig, gamma), sig
     if isinstance(activation, nn.ReLU):
-        return torch.relu(z), (z > 0).to(z.dtype), None
+        positive = z > 0
+        return torch.relu(z), positive.to(z.dtype), positive
     if isinstance(activation, nn.Identity):
         return z, 1.0, None
     raise TypeError(f"no derivative for {activation}")
 
 
-def _curvature(activation: nn.Module, sig: object) -> torch.Tensor | None:
-    """The activation's second derivative (None: zero), from what ``_derivatives`` kept."""
-    if sig is None:
+def _slope(activation: nn.Module, kept: object, dtype: torch.dtype) -> torch.Tensor | float:
+    """The activation's first derivative, from what ``_derivatives`` kept."""
+    if isinstance(activation, SmoothLeakyReLU):
+        return _phi_slope(kept, activation.gamma)
+    if isinstance(activation, nn.ReLU):
+        return kept.to(dtype)
+    return 1.0
+
+
+def _curvature(activation: nn.Module, kept: object) -> torch.Tensor | None:
+    """The activation's second derivative (None: zero), from what ``_derivatives`` kept; a new tensor."""
+    if not isinstance(activation, SmoothLeakyReLU):
         return None
-    return sig * (1 - sig) * (activation.beta * (1 - activation.gamma))
+    return (1 - kept).mul_(kept).mul_(activation.beta * (1 - activation.gamma))
 
 
 class _ValueAndSlope(torch.autograd.Function):
@@ -81,7 +92,9 @@ class _ValueAndSlope(torch.autograd.Function):
     t_pre = W[:, 0] at the first layer and t W^T after it, then h = a(z), t = t_pre a'(z).
     Backward, written out (reverse mode through that forward, with a'' for the slope's
     dependence on z); the meta-gradient differentiates this node once, so it need not be
-    differentiable itself. Tested against autograd in float64 (tests/test_meta.py)."""
+    differentiable itself. Tested against autograd in float64 (tests/test_meta.py).
+    Each layer keeps its input h, t_pre and sigmoid(beta z); a' and t are recomputed from them,
+    which keeps the node's memory below what autograd's graph of the same forward holds."""
 
     @staticmethod
     def forward(ctx, pairs: torch.Tensor, activations: list, *weights: torch.Tensor):  # noqa: ANN001, ANN205
@@ -90,7 +103,7 @@ class _ValueAndSlope(torch.autograd.Function):
             z = torch.addmm(bias, h, weight.t())
             t_pre = weight[:, 0].expand_as(z) if t is None else t @ weight.t()
             value, slope, kept = _derivatives(activations[layer], z)
-            saved.append((h, t, t_pre, slope, kept))
+            saved.append((h, t_pre, kept))
             h, t = value, t_pre * slope
         ctx.activations, ctx.saved, ctx.weights = activations, saved, weights
         return h.squeeze(-1), t.squeeze(-1)
@@ -102,20 +115,26 @@ class _ValueAndSlope(torch.autograd.Function):
         g_t = grad_slope.unsqueeze(-1) if grad_slope is not None else None
         grads: list[torch.Tensor | None] = [None] * len(ctx.weights)
         g_pairs = None
-        for layer in reversed(range(len(ctx.saved))):
-            h_in, t_in, t_pre, slope, kept = ctx.saved[layer]
+        acts, saved = ctx.activations, ctx.saved
+        last = len(saved) - 1
+        slope = _slope(acts[last], saved[last][2], saved[last][1].dtype)
+        for layer in reversed(range(len(saved))):
+            h_in, t_pre, kept = saved[layer]
             weight = ctx.weights[2 * layer]
             g_z = g_h * slope if g_h is not None else None  # through h = a(z)
             g_tpre = None
             if g_t is not None:  # through t = t_pre a'(z): a'' for z, a' for t_pre
                 g_tpre = g_t * slope
-                curvature = _curvature(ctx.activations[layer], kept)
+                curvature = _curvature(acts[layer], kept)
                 if curvature is not None:
-                    g_zt = g_t * t_pre * curvature
-                    g_z = g_zt if g_z is None else g_z + g_zt
+                    g_zt = curvature.mul_(t_pre).mul_(g_t)
+                    g_z = g_zt if g_z is None else g_z.add_(g_zt)
             g_weight = g_z.t() @ h_in if g_z is not None else torch.zeros_like(weight)
+            if layer > 0:  # this layer's input t, recomputed: t = t_pre a'(z) of the layer below
+                slope = _slope(acts[layer - 1], saved[layer - 1][2], t_pre.dtype)
+                t_in = saved[layer - 1][1] * slope
             if g_tpre is not None:
-                if t_in is None:  # t_pre = W[:, 0]
+                if layer == 0:  # t_pre = W[:, 0]
                     g_weight[:, 0] += g_tpre.sum(0)
                 else:
                     g_weight = g_weight + g_tpre.t() @ t_in
