@@ -176,8 +176,8 @@ class FuncEngine(MetaEngine):
         base_loss, s = _loss_and_output_gradient(loss_fn, output.detach(), y, loss_has_meta_params)
         base_grads = torch.autograd.grad(output, params, grad_outputs=s.detach())
         with torch.no_grad():
-            update = sgd_update(params, base_grads, _momentum_buffers(model, optimizer), hyper,
-                                lr.detach() if lr is not None else None)
+            buffers = _momentum_buffers(model, optimizer) if hyper.momentum else [None] * len(params)
+            update = sgd_update(params, base_grads, buffers, hyper, lr.detach() if lr is not None else None)
 
         # v = dL_T/dtheta_{t+1} on the validation batch.
         new_params = [p.detach().requires_grad_() for p in update.params]
