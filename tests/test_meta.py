@@ -208,26 +208,32 @@ class _Reuses(nn.Module):
         return self.head(h.flatten(1))
 
 
-def test_recorded_jvp_handles_reused_modules_and_refuses_a_different_forward() -> None:
-    torch.manual_seed(0)
-    model = _Reuses().to(TEST_DEVICE, torch.float64)
-    x = torch.randn(5, 2, 4, 8, dtype=torch.float64, device=TEST_DEVICE)
+def _recorded_and_plain_jvp(model: nn.Module, x: torch.Tensor, record: ForwardRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    """J t from the recorded forward, and from plain forward-mode AD, for random tangents t."""
     names, params = zip(*model.named_parameters())
     tangents = [torch.randn_like(p) for p in params]
-    record = ForwardRecord(model)
     with record.recording():
         model(x)
     got = record.jvp(names, params, tangents, {}, x)
     with torch.no_grad(), fwAD.dual_level():
         duals = {n: fwAD.make_dual(p.detach(), t) for n, p, t in zip(names, params, tangents)}
         expected = fwAD.unpack_dual(functional_call(model, duals, (x,))).tangent
-    torch.testing.assert_close(got, expected)
+    return got, expected
+
+
+def test_recorded_jvp_handles_reused_modules_and_refuses_a_different_forward() -> None:
+    torch.manual_seed(0)
+    model = _Reuses().to(TEST_DEVICE, torch.float64)
+    x = torch.randn(5, 2, 4, 8, dtype=torch.float64, device=TEST_DEVICE)
+    record = ForwardRecord(model)
+    torch.testing.assert_close(*_recorded_and_plain_jvp(model, x, record))
     assert "forward" not in vars(model.relu)  # the patched forwards are gone afterwards
 
+    names, params = zip(*model.named_parameters())
     with record.recording():
         model(x)
     with pytest.raises(RuntimeError, match="tangent pass reached"):
-        record.jvp(names, params, tangents, {}, x[:, :, :, :6])  # another input than the recorded one
+        record.jvp(names, params, params, {}, x[:, :, :, :6])  # another input than the recorded one
 
 
 class _TanhPointwise(nn.Module):  # a pointwise function without value_and_slope
@@ -309,18 +315,10 @@ def test_recorded_jvp_replays_sequential_chains_and_their_modules_outside_them()
     torch.manual_seed(0)
     model = _ChainsCalledTwice().to(TEST_DEVICE, torch.float64)
     x = torch.randn(5, 2, 8, 8, dtype=torch.float64, device=TEST_DEVICE)
-    names, params = zip(*model.named_parameters())
-    tangents = [torch.randn_like(p) for p in params]
     record = ForwardRecord(model)
     chains = record.chains[model.features]
     assert [len(c.modules) for c in chains.values()] == [3, 2]
-    with record.recording():
-        model(x)
-    got = record.jvp(names, params, tangents, {}, x)
-    with torch.no_grad(), fwAD.dual_level():
-        duals = {n: fwAD.make_dual(p.detach(), t) for n, p, t in zip(names, params, tangents)}
-        expected = fwAD.unpack_dual(functional_call(model, duals, (x,))).tangent
-    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(*_recorded_and_plain_jvp(model, x, record))
     assert "forward" not in vars(model.features)
 
 
