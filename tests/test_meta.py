@@ -345,3 +345,25 @@ def test_value_and_slope_backward_passes_gradcheck(hidden: str, output: str) -> 
         return functional_call(module, dict(zip(names, params)), (pairs,))
 
     assert torch.autograd.gradcheck(value_and_slope, (pairs, *params))
+
+
+class _WeightAlsoUsedOutsideItsLayer(nn.Module):
+    """Every parameter belongs to a layer with a rule, yet forward also reads one directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x) + x @ self.fc.weight.t()
+        return self.out(torch.tanh(h))
+
+
+def test_recorded_jvp_sees_parameters_used_outside_their_layer() -> None:
+    torch.manual_seed(0)
+    model = _WeightAlsoUsedOutsideItsLayer().to(TEST_DEVICE, torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64, device=TEST_DEVICE)
+    weight = model.fc.weight
+    torch.testing.assert_close(*_recorded_and_plain_jvp(model, x, ForwardRecord(model)))
+    assert model.fc.weight is weight  # the model's own parameters are back

@@ -22,9 +22,9 @@ conv -> ReLU chain keeps the ReLU's output instead of the conv's. Sequential's f
 child's output to the next child only, which is what makes this exact; a module that appears more
 than once in the model is never part of a chain.
 
-Parameters. The tangent pass normally swaps dual parameters into the model with functional_call.
-When every parameter belongs to a layer with a rule (no BatchNorm, for instance), it calls the
-model itself and the rules look the parameters' tangents up instead, which saves the swap.
+Parameters enter the tangent pass as dual tensors everywhere, so a parameter that forward also
+reads outside its layer gets its tangent too. Without stand-in buffers they are put straight into
+the modules' parameter slots, which costs less than functional_call's bookkeeping.
 """
 
 from __future__ import annotations
@@ -45,14 +45,11 @@ def _primal_tangent(tensor: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.
     return unpacked.primal, unpacked.tangent
 
 
-Split = Callable[[torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor]]]  # a parameter -> (primal, tangent)
-
-
 def _linear_like_tangent(apply: Callable, x: torch.Tensor, t_in: Optional[torch.Tensor],
-                         weight: torch.Tensor, bias: Optional[torch.Tensor], split: Split) -> torch.Tensor:
+                         weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """d(apply(x, W, b)) = apply(x, dW, db) + apply(dx, W, 0) for a map linear in x and in (W, b)."""
-    w, t_w = split(weight)
-    b, t_b = split(bias) if bias is not None else (None, None)
+    w, t_w = _primal_tangent(weight)
+    b, t_b = _primal_tangent(bias) if bias is not None else (None, None)
     if t_w is None:  # this weight is not being differentiated
         t_w = torch.zeros_like(w)
     tangent = apply(x, t_w, t_b)
@@ -85,15 +82,14 @@ class _Rule:
         """What the module's forward returns, given its output as a dual tensor."""
         return dual
 
-    def output(self, module: nn.Module, primal_in: torch.Tensor, split: Split) -> torch.Tensor:
+    def output(self, module: nn.Module, primal_in: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def record(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, object]:
         raise NotImplementedError
 
     def tangent(self, module: nn.Module, out: torch.Tensor, saved: object,
-                t_in: Optional[torch.Tensor], split: Split) -> Optional[torch.Tensor]:
-        """The output's tangent; ``split`` gives a parameter's primal and tangent."""
+                t_in: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         raise NotImplementedError
 
 
@@ -101,16 +97,18 @@ class _ConvOrLinear(_Rule):
     def record(self, module, x):  # noqa: ANN001, ANN201
         return type(module).forward(module, x), x.detach()
 
-    def output(self, module, primal_in, split):  # noqa: ANN001, ANN201
-        # Only for a chain's head called outside its chain (then its output was not kept).
-        weight = split(module.weight)[0]
-        bias = split(module.bias)[0] if module.bias is not None else None
+    def output(self, module, primal_in):  # noqa: ANN001, ANN201
+        # Only for a chain's head called outside its chain (then its output was not kept). The
+        # parameters are dual tensors here: their primals give the primal output.
+        weight = _primal_tangent(module.weight)[0]
+        bias = _primal_tangent(module.bias)[0] if module.bias is not None else None
         apply = F.linear if isinstance(module, nn.Linear) else module._conv_forward
         return apply(primal_in, weight, bias)
 
-    def tangent(self, module, out, saved, t_in, split):  # noqa: ANN001, ANN201
-        apply = F.linear if isinstance(module, nn.Linear) else module._conv_forward
-        return _linear_like_tangent(apply, saved, t_in, module.weight, module.bias, split)
+    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
+        if isinstance(module, nn.Linear):
+            return _linear_like_tangent(F.linear, saved, t_in, module.weight, module.bias)
+        return _linear_like_tangent(module._conv_forward, saved, t_in, module.weight, module.bias)
 
 
 class _MaxPool2d(_Rule):
@@ -125,7 +123,7 @@ class _MaxPool2d(_Rule):
                                     ceil_mode=module.ceil_mode, return_indices=True)
         return (out, indices) if module.return_indices else out, indices
 
-    def tangent(self, module, out, saved, t_in, split):  # noqa: ANN001, ANN201
+    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
         return _gather_pooled(t_in, saved) if t_in is not None else None
 
 
@@ -138,10 +136,10 @@ class _ReLU(_Rule):
     def record(self, module, x):  # noqa: ANN001, ANN201
         return type(module).forward(module, x), None
 
-    def output(self, module, primal_in, split):  # noqa: ANN001, ANN201
+    def output(self, module, primal_in):  # noqa: ANN001, ANN201
         return torch.relu(primal_in)
 
-    def tangent(self, module, out, saved, t_in, split):  # noqa: ANN001, ANN201
+    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
         # t_in where the output is positive, else 0: relu's derivative as one fused op.
         return torch.ops.aten.threshold_backward(t_in, out, 0) if t_in is not None else None
 
@@ -206,10 +204,6 @@ class ForwardRecord:
         self.modules = [m for m in model.modules() if type(m) in RULES]
         self.calls: dict[nn.Module, deque] = {m: deque() for m in self.modules}
         self.chains = _find_chains(model)
-        # When every parameter belongs to a layer with a rule, the tangent pass can call the model
-        # itself and hand the rules their parameters' tangents, without functional_call or duals.
-        covered = {p for m in self.modules if isinstance(m, _HEADS) for p in m.parameters(recurse=False)}
-        self.rules_cover_every_parameter = all(p in covered for p in model.parameters())
         # Whose output the record keeps: in a chain, the last module that is not a pool's input.
         self.keeps_output = {m: RULES[type(m)].keeps_output for m in self.modules}
         for chains in self.chains.values():
@@ -262,8 +256,8 @@ class ForwardRecord:
                     raise RuntimeError(f"the tangent pass reached {module} with input {tuple(primal.shape)}, "
                                        f"the base forward with {tuple(saved.shape)}")
                 if out is None:
-                    out = rule.output(module, primal, split)
-                tangent = rule.tangent(module, out, saved, t_in, split)
+                    out = rule.output(module, primal)
+                tangent = rule.tangent(module, out, saved, t_in)
                 return rule.returned(module, fwAD.make_dual(out, tangent) if tangent is not None else out, saved)
 
             return forward
@@ -276,7 +270,7 @@ class ForwardRecord:
                 while i < len(children):
                     chain = chains.get(i)
                     if chain is not None and all(self.calls[m] and self.calls[m][0] is not None for m in chain.modules):
-                        x = self._replay_chain(chain, x, split)
+                        x = self._replay_chain(chain, x)
                         i += len(chain.modules)
                     else:  # a call that no rule applied to: the modules one by one
                         x = children[i](x)
@@ -286,20 +280,12 @@ class ForwardRecord:
             return forward
 
         own = list(self.model.parameters())
-        direct = (self.rules_cover_every_parameter and not buffers and len(params) == len(own)
-                  and all(p is q for p, q in zip(params, own)))
-        if direct:  # the model's own parameters, whose tangents the rules look up
-            by_param = dict(zip(params, tangents))
-
-            def split(param: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-                return param.detach(), by_param.get(param)
-        else:  # the parameters are dual tensors, swapped in by functional_call
-            split = _primal_tangent
-
+        own_parameters = len(params) == len(own) and all(p is q for p, q in zip(params, own))
         with torch.no_grad(), fwAD.dual_level(), _patched_forwards(self.modules, replayer), \
                 _patched_forwards(list(self.chains), sequential_replayer):
-            if direct:
-                out = self.model(x)
+            if own_parameters and not buffers:  # the same swap as functional_call, without its bookkeeping
+                with _parameters_replaced(self.model, {p: fwAD.make_dual(p.detach(), t) for p, t in zip(params, tangents)}):
+                    out = self.model(x)
             else:
                 duals = {name: fwAD.make_dual(p.detach(), t) for name, p, t in zip(names, params, tangents)}
                 out = functional_call(self.model, {**duals, **buffers}, (x,))
@@ -309,14 +295,14 @@ class ForwardRecord:
             raise RuntimeError(f"the tangent pass skipped calls the base forward made to {leftover[0]}")
         return tangent if tangent is not None else torch.zeros_like(out)
 
-    def _replay_chain(self, chain: _Chain, x_dual: torch.Tensor, split: Split) -> object:
+    def _replay_chain(self, chain: _Chain, x_dual: torch.Tensor) -> object:
         primal, tangent = _primal_tangent(x_dual)
         if chain.head is not None:
             _, saved = self.calls[chain.head].popleft()
             if primal.shape != saved.shape:
                 raise RuntimeError(f"the tangent pass reached {chain.head} with input {tuple(primal.shape)}, "
                                    f"the base forward with {tuple(saved.shape)}")
-            tangent = _CONV.tangent(chain.head, None, saved, tangent, split)
+            tangent = _CONV.tangent(chain.head, None, saved, tangent)
         relu_out, _ = self.calls[chain.relu].popleft()
         if chain.pool is None:
             out = relu_out  # kept: a chain has a head when it has no pool
@@ -329,6 +315,20 @@ class ForwardRecord:
             tangent = torch.ops.aten.threshold_backward(tangent, out, 0)
         dual = fwAD.make_dual(out, tangent) if tangent is not None else out
         return RULES[nn.MaxPool2d].returned(chain.pool, dual, indices) if chain.pool is not None else dual
+
+
+@contextmanager
+def _parameters_replaced(model: nn.Module, replacement: dict[torch.Tensor, torch.Tensor]) -> Iterator[None]:
+    """Every module's parameter slots hold ``replacement[parameter]`` for the duration (a parameter
+    shared by several modules gets the same replacement in each)."""
+    slots = [(m, name, p) for m in model.modules() for name, p in m._parameters.items() if p is not None]
+    for module, name, param in slots:
+        module._parameters[name] = replacement[param]
+    try:
+        yield
+    finally:
+        for module, name, param in slots:
+            module._parameters[name] = param
 
 
 @contextmanager
