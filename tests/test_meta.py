@@ -17,6 +17,7 @@ from adalfl.losses import Task
 from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.meta import make_engine
 from adalfl.meta.sgd import SGDHyper, sgd_update
+from adalfl.meta.stateless import replaced
 from adalfl.meta.tangent import ForwardRecord
 from conftest import TEST_DEVICE
 
@@ -214,7 +215,7 @@ def _recorded_and_plain_jvp(model: nn.Module, x: torch.Tensor, record: ForwardRe
     tangents = [torch.randn_like(p) for p in params]
     with record.recording():
         model(x)
-    got = record.jvp(names, params, tangents, {}, x)
+    got = record.jvp(params, tangents, {}, x)
     with torch.no_grad(), fwAD.dual_level():
         duals = {n: fwAD.make_dual(p.detach(), t) for n, p, t in zip(names, params, tangents)}
         expected = fwAD.unpack_dual(functional_call(model, duals, (x,))).tangent
@@ -229,11 +230,11 @@ def test_recorded_jvp_handles_reused_modules_and_refuses_a_different_forward() -
     torch.testing.assert_close(*_recorded_and_plain_jvp(model, x, record))
     assert "forward" not in vars(model.relu)  # the patched forwards are gone afterwards
 
-    names, params = zip(*model.named_parameters())
+    params = list(model.parameters())
     with record.recording():
         model(x)
     with pytest.raises(RuntimeError, match="tangent pass reached"):
-        record.jvp(names, params, params, {}, x[:, :, :, :6])  # another input than the recorded one
+        record.jvp(params, params, {}, x[:, :, :, :6])  # another input than the recorded one
 
 
 class _TanhPointwise(nn.Module):  # a pointwise function without value_and_slope
@@ -367,3 +368,19 @@ def test_recorded_jvp_sees_parameters_used_outside_their_layer() -> None:
     weight = model.fc.weight
     torch.testing.assert_close(*_recorded_and_plain_jvp(model, x, ForwardRecord(model)))
     assert model.fc.weight is weight  # the model's own parameters are back
+
+
+def test_replaced_swaps_shared_parameters_and_buffers_and_always_restores_them() -> None:
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(shared, nn.BatchNorm1d(3), shared)  # one Linear registered twice
+    originals = list(model.parameters()) + list(model.buffers())
+    stand_ins = {t: torch.zeros_like(t) for t in originals}
+    weight = shared.weight
+    with replaced(model, stand_ins):
+        model(torch.randn(4, 3))  # a train-mode forward: BatchNorm updates its (stand-in) statistics
+        assert model[0].weight is stand_ins[weight] and model[2].weight is stand_ins[weight]
+    assert all(a is b for a, b in zip(list(model.parameters()) + list(model.buffers()), originals))
+    assert int(model[1].num_batches_tracked) == 0 and int(stand_ins[model[1].num_batches_tracked]) == 1
+    with pytest.raises(RuntimeError), replaced(model, stand_ins):
+        model(torch.randn(4, 5))  # a shape error inside: the model still gets its own tensors back
+    assert all(a is b for a, b in zip(list(model.parameters()) + list(model.buffers()), originals))

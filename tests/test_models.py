@@ -148,7 +148,7 @@ def test_recorded_jvp_equals_forward_mode_ad(model: str, dataset: str) -> None:
     with record.recording():
         out = net(x)
     torch.manual_seed(1)
-    got = record.jvp(names, params, tangents, fresh_buffers(), x)
+    got = record.jvp(params, tangents, {buf: buf.clone() for buf in net.buffers()}, x)
     torch.manual_seed(1)
     with torch.no_grad(), fwAD.dual_level():
         duals = {name: fwAD.make_dual(p.detach(), t) for name, p, t in zip(names, params, tangents)}

@@ -9,8 +9,9 @@ scheduled lr, momentum, Nesterov, weight decay) on ``loss_fn``. The meta paramet
 theta_{t+1} through ``loss_fn`` (a learned loss's phi) and/or through ``lr`` (a meta-learned
 learning rate, a tensor). Both backends give the same numbers by different routes:
 
-* ``func`` (default): torch.func.functional_call plus forward-mode AD. theta_{t+1} depends on phi
-  only through s = dM_phi/df at the training outputs f, and enters as theta - lr*c*J^T s (J the
+* ``func`` (default): forward-mode AD, and forwards at other parameters through
+  ``adalfl.meta.stateless.replaced`` (functional_call's idea). theta_{t+1} depends on phi only
+  through s = dM_phi/df at the training outputs f, and enters as theta - lr*c*J^T s (J the
   model's Jacobian, c the momentum/Nesterov factor). Hence
       dL/dphi = d/dphi < J (-lr c v), s_phi >   with v = dL/dtheta_{t+1},
   one Jacobian-vector product of the model (forward mode) and one more differentiation of the tiny
@@ -37,10 +38,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from adalfl.config import ConfigError
 from adalfl.meta.sgd import SGDHyper, sgd_update
+from adalfl.meta.stateless import replaced
 from adalfl.meta.tangent import ForwardRecord
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -76,10 +77,10 @@ def _momentum_buffers(model: nn.Module, optimizer: torch.optim.Optimizer) -> lis
     return [optimizer.state.get(p, {}).get("momentum_buffer") for p in model.parameters()]
 
 
-def _cloned_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the model's buffers: they absorb the running-statistics update of a train-mode
-    forward that is not a base step."""
-    return {name: buf.clone() for name, buf in model.named_buffers()}
+def _cloned_buffers(model: nn.Module) -> dict[torch.Tensor, torch.Tensor]:
+    """Each of the model's buffers -> a copy: the copies absorb the running-statistics update of a
+    train-mode forward that is not a base step."""
+    return {buf: buf.clone() for buf in model.buffers()}
 
 
 def _zeros_for_unused(grads: Sequence[Optional[torch.Tensor]], params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -164,7 +165,7 @@ class FuncEngine(MetaEngine):
 
     def step(self, model, optimizer, loss_fn, meta_params, train, val, task_loss, lr=None, loss_has_meta_params=True):  # noqa: ANN001, ANN201, E501
         hyper = SGDHyper.from_optimizer(optimizer)
-        names, params = zip(*model.named_parameters())
+        params = list(model.parameters())
         x, y = train
         rng = _RngReplay(x.device)
 
@@ -182,7 +183,8 @@ class FuncEngine(MetaEngine):
         # v = dL_T/dtheta_{t+1} on the validation batch.
         new_params = [p.detach().requires_grad_() for p in update.params]
         x_val, y_val = val
-        val_out = functional_call(model, {**dict(zip(names, new_params)), **_cloned_buffers(model)}, (x_val,))
+        with replaced(model, {**dict(zip(params, new_params)), **_cloned_buffers(model)}):
+            val_out = model(x_val)
         meta_loss = task_loss(val_out, y_val)
         v = torch.autograd.grad(meta_loss, new_params)
 
@@ -194,7 +196,7 @@ class FuncEngine(MetaEngine):
                 tangents, output_scale = list(v), -step_lr * update.grad_scales[0]
             else:
                 tangents, output_scale = [vi * (-step_lr * c) for vi, c in zip(v, update.grad_scales)], 1.0
-            jv = rng.replay(lambda: record.jvp(names, params, tangents, _cloned_buffers(model), x)) * output_scale
+            jv = rng.replay(lambda: record.jvp(params, tangents, _cloned_buffers(model), x)) * output_scale
             surrogate = surrogate + (jv * s).sum()
         if lr is not None:
             dl_dlr = -sum((vi * d).sum() for vi, d in zip(v, update.directions))

@@ -22,9 +22,8 @@ conv -> ReLU chain keeps the ReLU's output instead of the conv's. Sequential's f
 child's output to the next child only, which is what makes this exact; a module that appears more
 than once in the model is never part of a chain.
 
-Parameters enter the tangent pass as dual tensors everywhere, so a parameter that forward also
-reads outside its layer gets its tangent too. Without stand-in buffers they are put straight into
-the modules' parameter slots, which costs less than functional_call's bookkeeping.
+Parameters enter the tangent pass as dual tensors in the modules' own parameter slots, so a
+parameter that forward also reads outside its layer gets its tangent too.
 """
 
 from __future__ import annotations
@@ -37,7 +36,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+
+from adalfl.meta.stateless import replaced
 
 
 def _primal_tangent(tensor: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -236,10 +236,11 @@ class ForwardRecord:
         with _patched_forwards(self.modules, recorder):
             yield
 
-    def jvp(self, names: Sequence[str], params: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor],
-            buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """J t at the recorded forward: the model's output tangent for parameter tangents ``tangents``.
-        ``buffers`` stand in for the model's (a train-mode forward updates them)."""
+    def jvp(self, params: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor],
+            buffers: dict[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """J t at the recorded forward: the model's output tangent for tangents ``tangents`` of the
+        model's parameters ``params``. ``buffers`` maps the model's buffers to stand-ins (a
+        train-mode forward updates them)."""
 
         def replayer(module: nn.Module) -> Callable:
             rule = RULES[type(module)]
@@ -279,16 +280,11 @@ class ForwardRecord:
 
             return forward
 
-        own = list(self.model.parameters())
-        own_parameters = len(params) == len(own) and all(p is q for p, q in zip(params, own))
         with torch.no_grad(), fwAD.dual_level(), _patched_forwards(self.modules, replayer), \
                 _patched_forwards(list(self.chains), sequential_replayer):
-            if own_parameters and not buffers:  # the same swap as functional_call, without its bookkeeping
-                with _parameters_replaced(self.model, {p: fwAD.make_dual(p.detach(), t) for p, t in zip(params, tangents)}):
-                    out = self.model(x)
-            else:
-                duals = {name: fwAD.make_dual(p.detach(), t) for name, p, t in zip(names, params, tangents)}
-                out = functional_call(self.model, {**duals, **buffers}, (x,))
+            duals = {p: fwAD.make_dual(p.detach(), t) for p, t in zip(params, tangents)}
+            with replaced(self.model, {**duals, **buffers}):
+                out = self.model(x)
             tangent = fwAD.unpack_dual(out).tangent
         leftover = [m for m in self.modules if self.calls[m]]
         if leftover:
@@ -315,20 +311,6 @@ class ForwardRecord:
             tangent = torch.ops.aten.threshold_backward(tangent, out, 0)
         dual = fwAD.make_dual(out, tangent) if tangent is not None else out
         return RULES[nn.MaxPool2d].returned(chain.pool, dual, indices) if chain.pool is not None else dual
-
-
-@contextmanager
-def _parameters_replaced(model: nn.Module, replacement: dict[torch.Tensor, torch.Tensor]) -> Iterator[None]:
-    """Every module's parameter slots hold ``replacement[parameter]`` for the duration (a parameter
-    shared by several modules gets the same replacement in each)."""
-    slots = [(m, name, p) for m in model.modules() for name, p in m._parameters.items() if p is not None]
-    for module, name, param in slots:
-        module._parameters[name] = replacement[param]
-    try:
-        yield
-    finally:
-        for module, name, param in slots:
-            module._parameters[name] = param
 
 
 @contextmanager
