@@ -69,6 +69,12 @@ def _gather_pooled(t_in: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _check_same_input(module: nn.Module, primal: torch.Tensor, recorded: torch.Tensor) -> None:
+    if primal.shape != recorded.shape:
+        raise RuntimeError(f"the tangent pass reached {module} with input {tuple(primal.shape)}, "
+                           f"the base forward with {tuple(recorded.shape)}")
+
+
 class _Rule:
     """How one module type records its base forward and replays its tangent."""
 
@@ -253,9 +259,8 @@ class ForwardRecord:
                     return type(module).forward(module, x_dual)
                 out, saved = entry
                 primal, t_in = _primal_tangent(x_dual)
-                if rule is _CONV and primal.shape != saved.shape:  # saved: the recorded input
-                    raise RuntimeError(f"the tangent pass reached {module} with input {tuple(primal.shape)}, "
-                                       f"the base forward with {tuple(saved.shape)}")
+                if rule is _CONV:  # saved: the recorded input
+                    _check_same_input(module, primal, saved)
                 if out is None:
                     out = rule.output(module, primal)
                 tangent = rule.tangent(module, out, saved, t_in)
@@ -295,9 +300,7 @@ class ForwardRecord:
         primal, tangent = _primal_tangent(x_dual)
         if chain.head is not None:
             _, saved = self.calls[chain.head].popleft()
-            if primal.shape != saved.shape:
-                raise RuntimeError(f"the tangent pass reached {chain.head} with input {tuple(primal.shape)}, "
-                                   f"the base forward with {tuple(saved.shape)}")
+            _check_same_input(chain.head, primal, saved)
             tangent = _CONV.tangent(chain.head, None, saved, tangent)
         relu_out, _ = self.calls[chain.relu].popleft()
         if chain.pool is None:
