@@ -105,7 +105,8 @@ class _ValueAndSlope(torch.autograd.Function):
             value, slope, kept = _derivatives(activations[layer], z)
             saved.append((h, t_pre, kept))
             h, t = value, t_pre * slope
-        ctx.activations, ctx.saved, ctx.weights = activations, saved, weights
+        ctx.save_for_backward(*weights)  # checked: phi must not change before the backward
+        ctx.activations, ctx.saved = activations, saved
         return h.squeeze(-1), t.squeeze(-1)
 
     @staticmethod
@@ -113,14 +114,15 @@ class _ValueAndSlope(torch.autograd.Function):
     def backward(ctx, grad_value: torch.Tensor | None, grad_slope: torch.Tensor | None):  # noqa: ANN001, ANN205
         g_h = grad_value.unsqueeze(-1) if grad_value is not None else None
         g_t = grad_slope.unsqueeze(-1) if grad_slope is not None else None
-        grads: list[torch.Tensor | None] = [None] * len(ctx.weights)
+        weights = ctx.saved_tensors
+        grads: list[torch.Tensor | None] = [None] * len(weights)
         g_pairs = None
         acts, saved = ctx.activations, ctx.saved
         last = len(saved) - 1
         slope = _slope(acts[last], saved[last][2], saved[last][1].dtype)
         for layer in reversed(range(len(saved))):
             h_in, t_pre, kept = saved[layer]
-            weight = ctx.weights[2 * layer]
+            weight = weights[2 * layer]
             g_z = g_h * slope if g_h is not None else None  # through h = a(z)
             g_tpre = None
             if g_t is not None:  # through t = t_pre a'(z): a'' for z, a' for t_pre
