@@ -100,6 +100,11 @@ class _Rule:
 
 
 class _ConvOrLinear(_Rule):
+    @staticmethod
+    def _apply(module: nn.Module) -> Callable:
+        """The layer's map (input, weight, bias) -> output."""
+        return F.linear if isinstance(module, nn.Linear) else module._conv_forward
+
     def record(self, module, x):  # noqa: ANN001, ANN201
         return type(module).forward(module, x), x.detach()
 
@@ -108,13 +113,10 @@ class _ConvOrLinear(_Rule):
         # parameters are dual tensors here: their primals give the primal output.
         weight = _primal_tangent(module.weight)[0]
         bias = _primal_tangent(module.bias)[0] if module.bias is not None else None
-        apply = F.linear if isinstance(module, nn.Linear) else module._conv_forward
-        return apply(primal_in, weight, bias)
+        return self._apply(module)(primal_in, weight, bias)
 
     def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
-        if isinstance(module, nn.Linear):
-            return _linear_like_tangent(F.linear, saved, t_in, module.weight, module.bias)
-        return _linear_like_tangent(module._conv_forward, saved, t_in, module.weight, module.bias)
+        return _linear_like_tangent(self._apply(module), saved, t_in, module.weight, module.bias)
 
 
 class _MaxPool2d(_Rule):
