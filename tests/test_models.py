@@ -35,13 +35,13 @@ register_resolvers()
 # Each model on the datasets the paper pairs it with (composing needs no data on disk).
 PAIRS = [
     ("linear", "mnist"), ("linear", "california_housing"), ("mlp", "mnist"), ("mlp", "communities_crime"),
-    ("lenet5", "mnist"), ("smallcnn", "mnist"), ("smallcnn", "cifar10"),
+    ("lenet5", "mnist"), ("lenet5_relu", "mnist"), ("lenet5", "fashion_mnist"), ("smallcnn", "mnist"), ("smallcnn", "cifar10"),
     ("alexnet", "cifar10"), ("vgg16", "cifar10"), ("allcnnc", "cifar10"), ("resnet18", "cifar10"),
     ("squeezenet", "cifar10"), ("preresnet", "cifar100"), ("wrn28_10", "cifar100"), ("pyramidnet", "cifar100"),
     ("wrn16_8", "svhn"),
 ]
 # Double backward through convolutions takes seconds on a 2-core CPU: only these run by default.
-CHEAP_SECOND_ORDER = {"linear", "mlp", "lenet5", "smallcnn", "preresnet"}
+CHEAP_SECOND_ORDER = {"linear", "mlp", "lenet5", "lenet5_relu", "smallcnn", "preresnet"}
 IMAGE_MODELS = sorted(
     {p.stem for p in (CONF / "model").glob("*.yaml")} - {"linear", "mlp"}
 )

@@ -29,6 +29,7 @@ class ConfigError(ValueError):
 class DatasetConfig:
     name: str = MISSING
     loader: str = MISSING  # import path of a function (dataset config) -> adalfl.data.Data
+    source: Optional[str] = None  # which set a shared loader reads (load_idx: MNIST, FashionMNIST, KMNIST)
     task: str = MISSING  # "classification" or "regression"
     input_shape: List[int] = MISSING
     num_outputs: int = MISSING

@@ -1,4 +1,4 @@
-"""Image datasets read through torchvision (MNIST, CIFAR-10, CIFAR-100, SVHN).
+"""Image datasets read through torchvision (MNIST, Fashion-MNIST, KMNIST, CIFAR-10, CIFAR-100, SVHN).
 
 Each set is small enough to live on the device as uint8 (CIFAR-10's training part is 150 MB):
 ``Data.transform`` turns a batch into normalised floats and, while training, augments it on the
@@ -11,6 +11,9 @@ held out for validation (seed ``split_seed``); per-channel mean/std computed on 
 
 from __future__ import annotations
 
+import gzip
+import shutil
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -135,14 +138,39 @@ def _open(cfg: DictConfig, title: str, folder: str, make: Callable[[str, bool], 
     return train, test
 
 
-def load_mnist(cfg: DictConfig) -> Data:
-    """MNIST: 60000 train / 10000 test 28x28 grey digits, from <root>/MNIST/raw (idx-ubyte files)."""
+IDX_CLASSES = ("MNIST", "FashionMNIST", "KMNIST")
+
+
+def load_idx(cfg: DictConfig) -> Data:
+    """An MNIST-format set (``dataset.source``: MNIST, FashionMNIST or KMNIST; 60000 train / 10000
+    test 28x28 grey images) from <root>/<source>/raw, as torchvision lays it out.
+
+    Gzipped idx files found there (``*-ubyte.gz``, as distributions ship them, e.g. Debian's
+    ``dataset-fashion-mnist``) are unpacked next to themselves first: torchvision reads only the
+    unpacked files and would otherwise try to download them."""
+    source = str(cfg.source or "MNIST")
+    if source not in IDX_CLASSES:
+        raise ValueError(f"dataset.source for an idx-format set must be one of {list(IDX_CLASSES)}, got {source!r}")
+    cls = getattr(datasets, source)
+    _unpack_gzipped_idx(data_root(cfg) / source / "raw")
     train, test = _open(
-        cfg, "MNIST", "MNIST/raw", lambda root, part: datasets.MNIST(root, train=part, download=cfg.download)
+        cfg, source, f"{source}/raw", lambda root, part: cls(root, train=part, download=cfg.download)
     )
     x_train = train.data.numpy()[:, None]  # (N, 28, 28) -> (N, 1, 28, 28)
     x_test = test.data.numpy()[:, None]
-    return from_images(cfg, x_train, train.targets.numpy(), x_test, test.targets.numpy(), "torchvision MNIST")
+    return from_images(cfg, x_train, train.targets.numpy(), x_test, test.targets.numpy(), f"torchvision {source}")
+
+
+def _unpack_gzipped_idx(folder: Path) -> None:
+    if not folder.is_dir():
+        return
+    for packed in folder.glob("*-ubyte.gz"):
+        unpacked = packed.with_suffix("")
+        if not unpacked.exists():
+            partial = unpacked.with_name(unpacked.name + ".partial")
+            with gzip.open(packed, "rb") as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            partial.replace(unpacked)  # atomic: a killed job never leaves half a file behind
 
 
 def _cifar(cfg: DictConfig, cls: type, title: str) -> Data:

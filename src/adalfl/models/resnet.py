@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from adalfl.models.common import ResidualTrunk, image_shape
-from adalfl.models.simple import reset_parameters
+from adalfl.models.init import reset_parameters
 
 
 class ResNet18(nn.Module):

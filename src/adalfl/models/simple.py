@@ -8,14 +8,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from adalfl.models.init import apply_init
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "elu": nn.ELU}
-
-
-def reset_parameters(model: nn.Module) -> None:
-    """Draw a fresh initialisation in place (every layer's own ``reset_parameters``)."""
-    for module in model.modules():
-        if module is not model and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
 
 
 def _flat_size(input_shape: Sequence[int]) -> int:
@@ -23,24 +18,31 @@ def _flat_size(input_shape: Sequence[int]) -> int:
 
 
 class Linear(nn.Module):
-    """Linear regression (regression) or multinomial logistic regression (classification logits)."""
+    """Linear regression (regression) or multinomial logistic regression (classification logits).
+    Xavier-uniform weights and zero bias, as in the first author's code (``models/linear.py``)."""
 
-    def __init__(self, input_shape: Sequence[int], num_outputs: int) -> None:
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, init: str = "xavier") -> None:
         super().__init__()
         self.fc = nn.Linear(_flat_size(input_shape), num_outputs)
+        self.init_scheme = init
+        apply_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.flatten(1))
 
 
 class MLP(nn.Module):
+    """Fully connected network. The first author's MLP (``models/mlp.py``) is two hidden layers of
+    1000 ReLU units, Xavier-uniform weights and zero biases: the defaults here."""
+
     def __init__(
         self,
         input_shape: Sequence[int],
         num_outputs: int,
-        widths: Sequence[int] = (100, 100),
+        widths: Sequence[int] = (1000, 1000),
         activation: str = "relu",
         batch_norm: bool = False,
+        init: str = "xavier",
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -57,6 +59,8 @@ class MLP(nn.Module):
             size = int(width)
         layers.append(nn.Linear(size, num_outputs))
         self.net = nn.Sequential(*layers)
+        self.init_scheme = init
+        apply_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
