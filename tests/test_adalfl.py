@@ -18,8 +18,9 @@ from adalfl.train.loop import NonFiniteLossError, fit
 from conftest import tiny
 
 
-def _records(job_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+def _records(job_dir: Path, phase: str | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if phase is None or row["phase"] == phase]
 
 
 def test_adalfl_job_leaves_learned_loss_plots_and_phi(job_dir: Path) -> None:
@@ -41,6 +42,11 @@ def test_adalfl_job_leaves_learned_loss_plots_and_phi(job_dir: Path) -> None:
     train = [r for r in records if r["phase"] == "train"]
     assert all({"train/base_grad_norm", "meta/val_task_loss", "meta/grad_norm"} <= r.keys() for r in train)
     assert all(r["meta/skipped_steps"] == 0 for r in train)
+    # the learned loss's health at the start and at every evaluation, the last one in result.json
+    health = [r for r in records if r["phase"] == "loss"]
+    assert [r["step"] for r in health] == [0, 20, 40]
+    assert {"loss/scale", "loss/flat_t0", "loss/flat_t1", "loss/free_wrong", "loss/free_miss"} <= health[-1].keys()
+    assert result["loss_health"] == {k.split("/", 1)[1]: v for k, v in health[-1].items() if k.startswith("loss/")}
 
 
 class FrozenLoss(FixedLossMethod):
@@ -77,7 +83,7 @@ def test_adalfl_with_zero_meta_lr_equals_plain_sgd_with_the_frozen_loss(backend:
     fit(job, model, FrozenLoss(phi))
     job.tracker.close()
 
-    adalfl, sgd = _records(tmp_path / "adalfl"), _records(out)
+    adalfl, sgd = _records(tmp_path / "adalfl", "train"), _records(out, "train")
     assert len(adalfl) == len(sgd) == 40
     for a, b in zip(adalfl, sgd):
         assert a["step"] == b["step"] and a["train/lr"] == b["train/lr"]

@@ -247,7 +247,7 @@ class _TanhPointwise(nn.Module):  # a pointwise function without value_and_slope
 
 
 @pytest.mark.parametrize("kind", ["classification", "regression"])
-@pytest.mark.parametrize("pointwise", ["smooth_leaky_relu", "relu_softplus", "taylor", "other"])
+@pytest.mark.parametrize("pointwise", ["smooth_leaky_relu", "relu_softplus", "no_bias_sum_task_term", "taylor", "other"])
 def test_explicit_output_gradient_equals_autograd_to_second_order(kind: str, pointwise: str) -> None:
     """s = dM/d output written out by the loss equals autograd's, and so does its derivative in
     the loss parameters (what the meta-gradient uses), in float64."""
@@ -261,9 +261,14 @@ def test_explicit_output_gradient_equals_autograd_to_second_order(kind: str, poi
         net = _TanhPointwise()
     elif pointwise == "relu_softplus":
         net = PointwiseNetwork(hidden=(8, 8), activation="relu", output_activation="softplus")
+    elif pointwise == "no_bias_sum_task_term":
+        net = PointwiseNetwork(hidden=(8, 8), output_activation="none", bias=False, init="kaiming_normal")
     else:
         net = PointwiseNetwork(hidden=(8, 8))
-    loss = OutputWiseLoss(task, net).double()
+    if pointwise == "no_bias_sum_task_term":  # summed over outputs, plus L_T
+        loss = OutputWiseLoss(task, net, reduction="sum", task_loss_term=True).double()
+    else:
+        loss = OutputWiseLoss(task, net).double()
     phi = list(loss.parameters())
     output = torch.randn(6, 4, dtype=torch.float64)
     target = torch.randint(0, 4, (6,)) if kind == "classification" else torch.randn(6, 4, dtype=torch.float64)
@@ -332,12 +337,15 @@ class _ValueAndSlope(nn.Module):
         return self.net.value_and_slope(pairs)
 
 
-@pytest.mark.parametrize(("hidden", "output"), [("smooth_leaky_relu", "smooth_leaky_relu"), ("relu", "softplus"),
-                                                ("smooth_leaky_relu", "none")])
-def test_value_and_slope_backward_passes_gradcheck(hidden: str, output: str) -> None:
+@pytest.mark.parametrize(("hidden", "output", "bias"), [("smooth_leaky_relu", "smooth_leaky_relu", True),
+                                                        ("relu", "softplus", True), ("smooth_leaky_relu", "none", True),
+                                                        ("smooth_leaky_relu", "none", False)])
+def test_value_and_slope_backward_passes_gradcheck(hidden: str, output: str, bias: bool) -> None:
     """The written-out backward of l and dl/dprediction, in the pairs and in every parameter."""
     torch.manual_seed(0)
-    module = _ValueAndSlope(PointwiseNetwork(hidden=(5, 4), activation=hidden, output_activation=output).double())
+    net = PointwiseNetwork(hidden=(5, 4), activation=hidden, output_activation=output, bias=bias)
+    assert len(list(net.parameters())) == (6 if bias else 3)
+    module = _ValueAndSlope(net.double())
     names = [name for name, _ in module.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in module.parameters()]
     pairs = torch.rand(3, 4, 2, dtype=torch.float64, requires_grad=True)

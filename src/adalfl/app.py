@@ -107,6 +107,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
             best_val_step=progress.best_step,
             test_metric_at_best_val=progress.test_at_best_val,
             steps=progress.step,
+            **method.summary(),
         )
     except BaseException as err:
         # SystemExit/KeyboardInterrupt: stopped from outside (Ctrl-C, or submitit exiting after a

@@ -100,12 +100,12 @@ class _ValueAndSlope(torch.autograd.Function):
     def forward(ctx, pairs: torch.Tensor, activations: list, *weights: torch.Tensor):  # noqa: ANN001, ANN205
         h, t, saved = pairs, None, []
         for layer, (weight, bias) in enumerate(zip(weights[0::2], weights[1::2])):
-            z = torch.addmm(bias, h, weight.t())
+            z = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
             t_pre = weight[:, 0].expand_as(z) if t is None else t @ weight.t()
             value, slope, kept = _derivatives(activations[layer], z)
             saved.append((h, t_pre, kept))
             h, t = value, t_pre * slope
-        ctx.save_for_backward(*weights)  # checked: phi must not change before the backward
+        ctx.save_for_backward(*weights)  # checked: phi must not change before the backward (None: no bias)
         ctx.activations, ctx.saved = activations, saved
         return h.squeeze(-1), t.squeeze(-1)
 
@@ -141,7 +141,8 @@ class _ValueAndSlope(torch.autograd.Function):
                 else:
                     g_weight = g_weight + g_tpre.t() @ t_in
             grads[2 * layer] = g_weight
-            grads[2 * layer + 1] = g_z.sum(0) if g_z is not None else None
+            has_bias = weights[2 * layer + 1] is not None
+            grads[2 * layer + 1] = g_z.sum(0) if g_z is not None and has_bias else None
             if layer == 0:
                 g_pairs = g_z @ weight if g_z is not None else None
             else:
@@ -183,8 +184,18 @@ def _activation(name: str, beta: float, gamma: float) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}: use smooth_leaky_relu, relu, softplus or none")
 
 
+INITS = ("default", "xavier", "kaiming_normal", "normal")
+
+
 class PointwiseNetwork(nn.Module):
-    """l_phi: R^2 -> R, a small MLP on (prediction, target) pairs."""
+    """l_phi: R^2 -> R, a small MLP on (prediction, target) pairs.
+
+    ``bias=False`` gives a network without bias terms (the first author's ML3 and later loss
+    networks): with a leaky activation it is close to positively homogeneous, so its shape away
+    from the inputs seen while meta-learning extends linearly instead of arbitrarily.
+    ``init``: ``default`` (PyTorch's Linear init), ``xavier`` (uniform, zero bias),
+    ``kaiming_normal`` (fan-in, ReLU gain, zero bias) or ``normal`` (N(0, 0.01^2), zero bias).
+    """
 
     def __init__(
         self,
@@ -194,22 +205,32 @@ class PointwiseNetwork(nn.Module):
         beta: float = 10.0,
         gamma: float = 0.01,
         init: str = "default",
+        bias: bool = True,
     ) -> None:
         super().__init__()
+        if not hidden or any(int(w) <= 0 for w in hidden):
+            raise ValueError(f"loss network needs at least one hidden layer of positive width, got {list(hidden)}")
+        if init not in INITS:
+            raise ValueError(f"unknown loss-network init {init!r}: use one of {list(INITS)}")
         layers: list[nn.Module] = []
         size = 2
         for width in hidden:
-            layers += [nn.Linear(size, int(width)), _activation(activation, beta, gamma)]
+            layers += [nn.Linear(size, int(width), bias=bias), _activation(activation, beta, gamma)]
             size = int(width)
-        layers += [nn.Linear(size, 1), _activation(output_activation, beta, gamma)]
+        layers += [nn.Linear(size, 1, bias=bias), _activation(output_activation, beta, gamma)]
         self.net = nn.Sequential(*layers)
-        if init == "xavier":
+        with torch.no_grad():
             for layer in self.net:
-                if isinstance(layer, nn.Linear):
+                if not isinstance(layer, nn.Linear) or init == "default":
+                    continue
+                if init == "xavier":
                     nn.init.xavier_uniform_(layer.weight)
+                elif init == "kaiming_normal":
+                    nn.init.kaiming_normal_(layer.weight)
+                else:
+                    nn.init.normal_(layer.weight, 0.0, 0.01)
+                if layer.bias is not None:
                     nn.init.zeros_(layer.bias)
-        elif init != "default":
-            raise ValueError(f"unknown loss-network init {init!r}: use default (PyTorch's) or xavier")
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         return self.net(pairs).squeeze(-1)
@@ -219,24 +240,41 @@ class PointwiseNetwork(nn.Module):
         network's parameters: the forward pass carries the derivative along (forward mode, by hand),
         as one autograd node with a written-out backward."""
         linears, activations = list(self.net)[0::2], list(self.net)[1::2]
-        weights = [w for layer in linears for w in (layer.weight, layer.bias)]
+        weights = [w for layer in linears for w in (layer.weight, layer.bias)]  # bias may be None
         values, slopes = _ValueAndSlope.apply(pairs.reshape(-1, pairs.shape[-1]), activations, *weights)
         return values.view(pairs.shape[:-1]), slopes.view(pairs.shape[:-1])
 
 
-class OutputWiseLoss(nn.Module):
-    """M_phi(y, f(x)): the pointwise function averaged over outputs and batch. A pointwise function
-    that provides ``value_and_slope(pairs)`` (l and dl/dprediction) makes the meta-gradient cheaper."""
+REDUCTIONS = ("mean", "sum")
 
-    def __init__(self, task: Task, pointwise: nn.Module) -> None:
+
+class OutputWiseLoss(nn.Module):
+    """M_phi(y, f(x)): the pointwise function over every output, reduced over outputs (``mean``: the
+    paper's (1/C) sum_c; ``sum``: the first author's EvoMAL code) and averaged over the batch.
+
+    ``task_loss_term=True`` adds the task loss L_T (cross-entropy / squared error) to M, as the first
+    author's later loss networks do (Neural-Procedural-Bias-Meta-Learning, ``loss_network.py``): the
+    learned part then corrects L_T instead of replacing it. A pointwise function that provides
+    ``value_and_slope(pairs)`` (l and dl/dprediction) makes the meta-gradient cheaper."""
+
+    def __init__(self, task: Task, pointwise: nn.Module, reduction: str = "mean", task_loss_term: bool = False) -> None:
         super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction over outputs {reduction!r}: use one of {list(REDUCTIONS)}")
         self.task = task
         self.pointwise = pointwise
+        self.reduction = reduction
+        self.task_loss_term = bool(task_loss_term)
+
+    def _reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, C) pointwise values -> M."""
+        return values.mean() if self.reduction == "mean" else values.sum(dim=-1).mean()
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prediction, target_values = self.task.loss_inputs(output, target)
         pairs = torch.stack((prediction, target_values), dim=-1)
-        return self.pointwise(pairs).mean()
+        loss = self._reduce(self.pointwise(pairs))
+        return loss + self.task.loss(output, target) if self.task_loss_term else loss
 
     def value_and_output_gradient(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """M and s = dM/d output at a fixed ``output``, both differentiable in the loss's parameters.
@@ -253,10 +291,20 @@ class OutputWiseLoss(nn.Module):
             return loss, slopes
         prediction, target_values = self.task.loss_inputs(output, target)
         values, slopes = self.pointwise.value_and_slope(torch.stack((prediction, target_values), dim=-1))
-        slopes = slopes / values.numel()  # M is the mean over examples and outputs
+        # M is the mean over examples (and over outputs for reduction="mean")
+        slopes = slopes / (values.numel() if self.reduction == "mean" else values.shape[0])
         if self.task.classification:  # through the softmax: p * (g - <p, g>)
             slopes = prediction * (slopes - (prediction * slopes).sum(dim=1, keepdim=True))
-        return values.mean(), slopes
+        value = self._reduce(values)
+        if self.task_loss_term:  # d L_T / d output needs no graph: it does not depend on phi
+            with torch.no_grad():
+                if self.task.classification:
+                    task_slopes = (prediction - target_values) / output.shape[0]
+                else:
+                    task_slopes = 2 * (output - target) / output.numel()
+                task_value = self.task.loss(output.detach(), target)
+            value, slopes = value + task_value, slopes + task_slopes
+        return value, slopes
 
     @torch.no_grad()
     def curve(self, points: torch.Tensor, target_value: float) -> torch.Tensor:

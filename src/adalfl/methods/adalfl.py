@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from adalfl.config import MethodConfig
-from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
+from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
 from adalfl.methods.base import Method, Moment, Stats
-from adalfl.methods.learned_loss import LossNetConfig, LossWatcher, build_loss
+from adalfl.methods.learned_loss import LossNetConfig, LossWatcher
 from adalfl.methods.metalearning import OnlineMetaConfig, OnlineMetaStep, offline_meta_training
 from adalfl.train.job import Job
 
@@ -42,15 +42,7 @@ class AdaLFL(Method):
         self.online: OnlineMetaStep | None = None
 
     def setup(self, job: Job, model: nn.Module) -> None:
-        pointwise = PointwiseNetwork(
-            hidden=self.loss_cfg.hidden,
-            activation=self.loss_cfg.activation,
-            output_activation=self.loss_cfg.output_activation,
-            beta=self.loss_cfg.beta,
-            gamma=self.loss_cfg.gamma,
-            init=self.loss_cfg.init,
-        )
-        self.loss = build_loss(job.task, pointwise, job.device)
+        self.loss = self.loss_cfg.build(job.task, job.device)
         if self.watcher.plot_every == 0:  # the loss changes all through training: watch it four times
             self.watcher.plot_every = max(1, int(job.cfg.dataset.steps) // 4)
         self.online = OnlineMetaStep(self.engine, list(self.loss.parameters()), self.meta_cfg.online_lr)
@@ -71,6 +63,9 @@ class AdaLFL(Method):
     def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
         assert self.loss is not None
         self.watcher.observe(job, self.loss, step, moment)
+
+    def summary(self) -> dict:
+        return self.watcher.summary()
 
     def state_dict(self) -> dict:
         assert self.loss is not None and self.online is not None

@@ -41,6 +41,10 @@ class Method:
     def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
         """Called at the start of training, at every evaluation and at the end: plots, saved state."""
 
+    def summary(self) -> dict:
+        """Final facts about the method for result.json (e.g. the learned loss's health)."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 

@@ -3,6 +3,7 @@ shape during training (PNG plots, W&B images), and saving phi."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from adalfl.losses import Task
-from adalfl.losses.learned import OutputWiseLoss
+from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.methods.base import FixedLossMethod, Moment
 from adalfl.track.plots import learned_loss as plot_learned_loss
 from adalfl.train.job import Job
@@ -19,16 +20,26 @@ from adalfl.utils import atomic_write_json
 
 @dataclass
 class LossNetConfig:
-    """The AdaLFL loss network l_phi: R^2 -> R. The paper fixes two hidden layers of 40 units and
-    the smooth leaky ReLU; beta, gamma, the output activation and the initialisation are not
-    stated there, and the defaults below are this suite's choice."""
+    """A learned loss M_phi built from an output-wise network l_phi: R^2 -> R. The paper fixes two
+    hidden layers of 40 units and the smooth leaky ReLU for AdaLFL; the other values are not stated
+    there (their sources: docs/protocol.md and docs/loss_study.md)."""
 
     hidden: List[int] = field(default_factory=lambda: [40, 40])
     activation: str = "smooth_leaky_relu"  # smooth_leaky_relu | relu | softplus | none
-    output_activation: str = "softplus"
+    output_activation: str = "softplus"  # smooth_leaky_relu | relu | softplus | none
     beta: float = 10.0
     gamma: float = 0.01
-    init: str = "default"  # default (PyTorch's) | xavier
+    init: str = "default"  # default (PyTorch's) | xavier | kaiming_normal | normal (N(0, 0.01^2))
+    bias: bool = True
+    reduction: str = "mean"  # over outputs: mean (paper) | sum (author's EvoMAL code)
+    task_loss_term: bool = False  # M = L_T + l_phi (the author's later loss networks)
+
+    def build(self, task: Task, device: torch.device) -> OutputWiseLoss:
+        pointwise = PointwiseNetwork(
+            hidden=self.hidden, activation=self.activation, output_activation=self.output_activation,
+            beta=self.beta, gamma=self.gamma, init=self.init, bias=self.bias,
+        )
+        return OutputWiseLoss(task, pointwise, self.reduction, self.task_loss_term).to(device)
 
 
 def loss_curves(loss: OutputWiseLoss, task: Task, step: int) -> dict:
@@ -41,6 +52,64 @@ def loss_curves(loss: OutputWiseLoss, task: Task, step: int) -> dict:
     return {"step": step, "x": x.tolist(), "target_0": loss.curve(x, 0.0).tolist()}
 
 
+FLAT_SLOPE = 1e-3  # |dl/dprediction| below this fraction of the loss's scale counts as flat
+
+
+@torch.no_grad()
+def loss_health(loss: OutputWiseLoss, task: Task) -> dict[str, float]:
+    """How usable the learned loss's shape is, on the same grids as its plots.
+
+    - ``flat_t<k>``: fraction of predictions (probabilities in [0, 1]; residuals in [-3, 3] for
+      regression) where l(prediction, target=k) has a slope below ``FLAT_SLOPE`` x scale: a flat
+      loss gives the model no gradient there.
+    - ``scale``: the spread (max - min) of l over the grids; a loss grown to thousands acts as a
+      huge learning rate, one shrunk to ~0 as none.
+    - ``free_wrong``: fraction of confident wrong predictions (a wrong class's probability >= 0.5,
+      or a residual of magnitude >= 1) that cost no more than the right prediction (probability 0
+      for a wrong class, residual 0). Above 0, training is never pushed away from those mistakes.
+    - ``free_miss`` (classification): the same for the true class predicted at probability <= 0.5
+      against probability 1.
+    """
+    device = next(iter(loss.parameters()), torch.zeros(())).device
+    curves: dict[str, torch.Tensor] = {}
+    if task.classification:
+        x = torch.linspace(0, 1, 101, device=device)
+        targets = {"t0": 0.0, "t1": 1.0}
+    else:
+        x = torch.linspace(-3, 3, 121, device=device)
+        targets = {"t0": 0.0}
+    for name, value in targets.items():
+        curves[name] = loss.curve(x, value).double()
+    values = torch.cat(list(curves.values()))
+    scale = float(values.max() - values.min()) if torch.isfinite(values).all() else math.inf
+    tolerance = FLAT_SLOPE * max(scale, 1e-12)
+    step = float(x[1] - x[0])
+    health: dict[str, float] = {"scale": scale}
+    for name, curve in curves.items():
+        slopes = torch.diff(curve) / step
+        health[f"flat_{name}"] = float((slopes.abs() <= tolerance).double().mean())
+    wrong = curves["t0"]
+    if task.classification:
+        health["free_wrong"] = float((wrong[x >= 0.5] <= wrong[0] + tolerance).double().mean())
+        right = curves["t1"]
+        health["free_miss"] = float((right[x <= 0.5] <= right[-1] + tolerance).double().mean())
+    else:
+        centre = wrong[(x.abs() < 1e-6)][0]
+        health["free_wrong"] = float((wrong[x.abs() >= 1] <= centre + tolerance).double().mean())
+    return health
+
+
+def health_warning(health: dict[str, float]) -> str | None:
+    """A one-line reason when the learned loss leaves mistakes unpunished, else None."""
+    if health.get("free_wrong", 0.0) > 0:
+        return (f"the learned loss charges nothing for {100 * health['free_wrong']:.0f}% of confident wrong "
+                f"predictions (flat fraction {health.get('flat_t0', 0.0):.2f} for a wrong class, scale {health['scale']:.3g})")
+    if health.get("free_miss", 0.0) > 0:
+        return (f"the learned loss charges nothing for {100 * health['free_miss']:.0f}% of low probabilities on "
+                f"the true class (scale {health['scale']:.3g})")
+    return None
+
+
 class LossWatcher:
     """Snapshots l_phi at the start of training, every ``plot_every`` steps and at the end; writes
     ``learned_loss/step_*.png``, ``learned_loss_evolution.png``, ``learned_loss_curves.json`` and
@@ -49,8 +118,10 @@ class LossWatcher:
     def __init__(self, plot_every: int) -> None:
         self.plot_every = int(plot_every)
         self.snapshots: list[dict] = []
+        self.health: dict[str, float] = {}
 
     def observe(self, job: Job, loss: OutputWiseLoss, step: int, moment: Moment) -> None:
+        self.check_health(job, loss, step, moment)
         last = self.snapshots[-1]["step"] if self.snapshots else 0
         # Plots happen at evaluations: take the first one at or past each multiple of plot_every.
         due = moment in ("start", "end") or (self.plot_every > 0 and step // self.plot_every > last // self.plot_every)
@@ -72,6 +143,19 @@ class LossWatcher:
                 self.snapshots, job.task.classification, job.out_dir / "learned_loss_evolution.png", job.title
             )
             job.tracker.image("plots/learned_loss_evolution", evolution, "train", step)
+
+    def check_health(self, job: Job, loss: OutputWiseLoss, step: int, moment: Moment) -> None:
+        """Log the loss's health (``loss/*`` in metrics.jsonl and W&B) at every evaluation; warn in the
+        job's log at the start and the end when mistakes go unpunished."""
+        self.health = loss_health(loss, job.task)
+        job.tracker.log("loss", step, {f"loss/{key}": value for key, value in self.health.items()})
+        warning = health_warning(self.health)
+        if warning and moment in ("start", "end"):
+            job.log.warning("[%s] step %d: %s", job.title, step, warning)
+
+    def summary(self) -> dict:
+        """The final health, for result.json."""
+        return {"loss_health": dict(self.health)} if self.health else {}
 
     def state_dict(self) -> dict:
         return {"snapshots": self.snapshots}
@@ -124,6 +208,9 @@ class OfflineLearnedLoss(FixedLossMethod):
         after = loss_curves(self.loss, job.task, length)
         plot_offline_phase(job, self.loss, before, after, description)
         self.freeze()
+
+    def summary(self) -> dict:
+        return self.watcher.summary()
 
     def freeze(self) -> None:
         assert self.loss is not None

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from adalfl.config import MethodConfig
-from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
+from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
-from adalfl.methods.learned_loss import LossNetConfig, OfflineLearnedLoss, build_loss
+from adalfl.methods.learned_loss import LossNetConfig, OfflineLearnedLoss
 from adalfl.methods.metalearning import OfflineMetaConfig, offline_meta_training
 from adalfl.train.job import Job
 
@@ -40,12 +40,7 @@ class ML3(OfflineLearnedLoss):
         self.engine = make_engine(self.meta_cfg.backend)
 
     def build_loss(self, job: Job) -> OutputWiseLoss:
-        cfg = self.loss_cfg
-        pointwise = PointwiseNetwork(
-            hidden=cfg.hidden, activation=cfg.activation, output_activation=cfg.output_activation,
-            beta=cfg.beta, gamma=cfg.gamma, init=cfg.init,
-        )
-        return build_loss(job.task, pointwise, job.device)
+        return self.loss_cfg.build(job.task, job.device)
 
     def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
         steps = self.meta_cfg.init_steps
