@@ -61,6 +61,17 @@ def test_best_method_per_row_is_bold() -> None:
     assert "**1.50 ± 0.71 (n=2)**" in line and "| 4.00 ± 1.41 (n=2) |" in line and "failed (n=0, 1 failed)" in line
 
 
+def test_paired_comparison_matches_seeds_not_positions() -> None:
+    ce = report.Cell([10.0, 12.0, 11.0], seeds=[0, 1, 2])
+    adalfl = report.Cell([11.5, 9.0], seeds=[1, 0])  # seed 2 unfinished: left out of the pairing
+    (pair,) = report.paired_with_baseline({"ce": ce, "adalfl": adalfl})
+    assert (pair.method, pair.n, pair.wins) == ("adalfl", 2, 2)
+    assert pair.mean_difference == pytest.approx(((9.0 - 10.0) + (11.5 - 12.0)) / 2)
+    cells = {("d", "m"): {"ce": ce, "adalfl": adalfl}}
+    built = report.Report(Path("."), "t", {"error_rate"}, {("d", "m"): "error_rate"}, ["ce", "adalfl"], cells, [], [], [])
+    assert "| d | m | adalfl | 2 | -0.75 | 2/2 |" in report.markdown(built)
+
+
 def test_partial_sweep_reports_what_is_missing(sweep: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial"
     shutil.copytree(sweep, partial)

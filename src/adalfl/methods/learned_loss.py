@@ -100,13 +100,12 @@ def loss_health(loss: OutputWiseLoss, task: Task) -> dict[str, float]:
 
 
 def health_warning(health: dict[str, float]) -> str | None:
-    """A one-line reason when the learned loss leaves mistakes unpunished, else None."""
+    """A one-line reason when the learned loss leaves confident wrong predictions unpunished, else
+    None. (``free_miss`` alone is no defect: with softmax outputs, charging the wrong classes already
+    pushes the true class up.)"""
     if health.get("free_wrong", 0.0) > 0:
         return (f"the learned loss charges nothing for {100 * health['free_wrong']:.0f}% of confident wrong "
                 f"predictions (flat fraction {health.get('flat_t0', 0.0):.2f} for a wrong class, scale {health['scale']:.3g})")
-    if health.get("free_miss", 0.0) > 0:
-        return (f"the learned loss charges nothing for {100 * health['free_miss']:.0f}% of low probabilities on "
-                f"the true class (scale {health['scale']:.3g})")
     return None
 
 

@@ -50,6 +50,7 @@ class Job:
 @dataclass
 class Cell:
     values: list[float] = field(default_factory=list)  # finished seeds, in display units
+    seeds: list[int] = field(default_factory=list)  # the seed of each value, for paired comparisons
     failed: int = 0
     hours_offline: list[float] = field(default_factory=list)
     hours_train: list[float] = field(default_factory=list)
@@ -143,6 +144,7 @@ def build(sweep: Path) -> Report:
         if job.done:
             metric_names.add(r["metric_name"])
             cell.values.append(_display(r["test_metric"], r["metric_name"]))
+            cell.seeds.append(int(r.get("seed", -1)))
             wall = r.get("wall_time_s", {})
             cell.hours_offline.append(wall.get("offline", 0.0) / 3600)
             cell.hours_train.append((wall.get("train", 0.0) + wall.get("eval", 0.0)) / 3600)
@@ -154,6 +156,36 @@ def build(sweep: Path) -> Report:
     ordered = [m for m in METHOD_ORDER if m in methods] + sorted(methods - set(METHOD_ORDER))
     title = next((j.result.get("experiment") for j in jobs if j.result.get("experiment")), None) or sweep.name
     return Report(sweep, title, metric_names, row_metric, ordered, dict(sorted(cells.items())), failed, unfinished, missing)
+
+
+BASELINE = "ce"
+
+
+@dataclass
+class Paired:
+    """A method against the handcrafted loss on the seeds both finished (same seed = same theta_0,
+    batches and split): the mean difference (method - CE; negative is better) and its wins."""
+
+    method: str
+    n: int
+    mean_difference: float
+    wins: int
+
+
+def paired_with_baseline(by_method: dict[str, Cell]) -> list[Paired]:
+    baseline = by_method.get(BASELINE)
+    if baseline is None or not baseline.values:
+        return []
+    reference = dict(zip(baseline.seeds, baseline.values))
+    pairs = []
+    for method, cell in by_method.items():
+        if method == BASELINE:
+            continue
+        common = [(value, reference[seed]) for seed, value in zip(cell.seeds, cell.values) if seed in reference]
+        if common:
+            differences = [value - base for value, base in common]
+            pairs.append(Paired(method, len(common), statistics.fmean(differences), sum(d < 0 for d in differences)))
+    return pairs
 
 
 def _fmt(cell: Cell | None) -> str:
@@ -189,6 +221,13 @@ def markdown(report: Report) -> str:
             text = _fmt(by_method.get(method))
             cells.append(f"**{text}**" if method == best else text)
         lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(cells) + " |")
+    paired_rows = [(row, p) for row, by_method in report.cells.items() for p in paired_with_baseline(by_method)]
+    if paired_rows:
+        lines += ["", f"## Paired with {BASELINE}", "",
+                  f"Per seed, method minus {BASELINE} (negative: the method is better); wins: seeds where it is lower.", "",
+                  "| dataset | model | method | seeds | mean difference | wins |", "|---|---|---|---|---|---|"]
+        for row, p in paired_rows:
+            lines.append(f"| {row[0]} | {row[1]} | {p.method} | {p.n} | {p.mean_difference:+.2f} | {p.wins}/{p.n} |")
     lines += ["", "## Run time", "", "Hours per job, mean over finished seeds: total (offline meta-learning + training and evaluation).", ""]
     lines += ["| dataset | model | " + " | ".join(report.methods) + " |", "|---|---|" + "---|" * len(report.methods)]
     for row, by_method in report.cells.items():
