@@ -1,8 +1,9 @@
 """Helpers shared by the convolutional models.
 
-Every model uses PyTorch's default layer initialisation and no custom init: meta-learning draws
-fresh initialisations with ``adalfl.models.reset_parameters`` (each layer's own
-``reset_parameters``), and a model built from scratch must come from that same distribution.
+Each model names its weight initialisation in ``init_scheme`` (``adalfl.models.init``) and applies
+it at the end of ``__init__``; meta-learning draws fresh initialisations with
+``adalfl.models.reset_parameters`` (every layer's own ``reset_parameters``, then the scheme), so a
+model built from scratch and a re-drawn one come from the same distribution.
 """
 
 from __future__ import annotations
@@ -31,12 +32,18 @@ def features_out(net: nn.Module, input_shape: Sequence[int]) -> int:
     return int(size)
 
 
-def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: int = 1, batch_norm: bool = True) -> list[nn.Module]:
-    """Conv (no bias when a BatchNorm follows) [+ BatchNorm] + ReLU."""
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=not batch_norm)]
+def conv_bn_relu(
+    c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: int = 1, batch_norm: bool = True,
+    bias: bool | None = None, relu: bool = True,
+) -> list[nn.Module]:
+    """Conv [+ BatchNorm] [+ ReLU]. ``bias=None``: a conv bias only when no BatchNorm follows (it
+    would be cancelled by the mean subtraction); the first author's VGG and All-CNN-C keep it, so
+    they pass ``bias=True``."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=not batch_norm if bias is None else bias)]
     if batch_norm:
         layers.append(nn.BatchNorm2d(c_out))
-    layers.append(nn.ReLU(inplace=True))
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
     return layers
 
 

@@ -51,13 +51,17 @@ def _xavier_convs(model: nn.Module) -> None:
 
 
 def _fan_out_convs(model: nn.Module, linear: Callable[[torch.Tensor], object]) -> None:
-    """Convs normal(0, sqrt(2 / (k*k*C_out))) (He et al.'s fan-out form), the linear by ``linear``."""
+    """Convs normal(0, sqrt(2 / (k*k*C_out))) (He et al.'s fan-out form), linear weights by
+    ``linear`` and linear biases zero (PreResNet, WRN, PyramidNet: each author file's ``reset``
+    zeroes the head's bias)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             k = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / k))
         elif isinstance(m, nn.Linear):
             linear(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 SCHEMES: dict[str, Callable[[nn.Module], None]] = {

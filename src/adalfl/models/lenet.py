@@ -71,11 +71,13 @@ class LeNet5ReLU(nn.Module):
 class SmallCNN(nn.Module):
     """Three 3x3 conv layers (each ReLU, the first two max-pooled), global average pool, linear head.
 
-    Cheap enough for CPU tests and benchmarks yet a real CNN with BatchNorm if asked for.
+    Cheap enough for CPU tests and benchmarks yet a real CNN with BatchNorm if asked for. Not a
+    paper network; PyTorch's default initialisation unless ``init`` says otherwise.
     """
 
     def __init__(
-        self, input_shape: Sequence[int], num_outputs: int, widths: Sequence[int] = (32, 64, 64), batch_norm: bool = False
+        self, input_shape: Sequence[int], num_outputs: int, widths: Sequence[int] = (32, 64, 64), batch_norm: bool = False,
+        init: str = "default",
     ) -> None:
         super().__init__()
         if len(widths) != 3:
@@ -92,6 +94,8 @@ class SmallCNN(nn.Module):
             c = int(width)
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1))
         self.head = nn.Linear(c, num_outputs)
+        self.init_scheme = init
+        apply_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
