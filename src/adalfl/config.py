@@ -101,10 +101,10 @@ class OfflineConfig:
     defaults from here by interpolation (conf/method/*.yaml), and ``method.*`` still overrides one
     method. Methods without an offline phase ignore it."""
 
-    steps: int = 2500  # S_init: meta steps of Algorithms 1/3 (adalfl, ml3, metalr, taylorglo search=gradient)
-    population: int = 28  # CMA-ES population per generation (taylorglo search=cmaes)
-    generations: int = 20  # CMA-ES generations (taylorglo search=cmaes)
-    partial_steps: int = 250  # base steps of one candidate's partial training (taylorglo search=cmaes)
+    steps: int = 2500  # paper: S_init, meta steps of Algorithms 1/3 (adalfl, ml3, metalr, taylorglo search=gradient)
+    population: int = 25  # author's code: CMA-ES population per generation (taylorglo search=cmaes)
+    generations: int = 50  # author's code: CMA-ES generations (taylorglo search=cmaes)
+    partial_steps: int = 500  # author's code: base steps of one candidate's partial training (taylorglo search=cmaes)
 
 
 @dataclass
