@@ -6,7 +6,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
+import pytest
+from omegaconf import OmegaConf
+
+from adalfl.sweep import report
+from adalfl.sweep.resolvers import MAX_NAME, SAFE_CHARS, job_subdir
 from conftest import REPO, run_main
 
 TINY = ["dataset.steps=30", "dataset.eval_interval=15", "logger=none", "checkpoint.every=0"]
@@ -37,6 +43,63 @@ def test_failed_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     assert len(results) == 2
     statuses = {("optimizer.lr=-1" in name): r["status"] for name, r in results.items()}
     assert statuses == {True: "failed", False: "done"}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        "dataset.root=/data/x,seed=0",
+        "dataset.root=../up,seed=0",
+        "~dataset.root,seed=0",
+        "-x=1",
+        ".x=1",
+        r"model.name=a\,b,seed=0",  # Hydra's escape of a quoted comma
+        "model.name=a b:c*d?e|f<g>h\"i'j$k`l&m;n(o)p{q}r[s]t!u#v%w^x@y\\z\n",
+        "model.name=héllo",
+    ],
+)
+def test_job_subdir_is_one_safe_path_component(overrides: str) -> None:
+    name = job_subdir(overrides, 3)
+    assert set(name) <= SAFE_CHARS | {"%"}  # no "/", nothing a shell or file system treats specially
+    assert not name.startswith((".", "-")) and len(name) <= MAX_NAME
+    assert unquote(name) == overrides  # encoded, not altered: two jobs cannot share a folder
+    assert job_subdir(overrides, 5) == name  # stable: a rerun finds the folder again
+
+
+def test_job_subdir_keeps_plain_names_and_numbers_empty_ones() -> None:
+    assert job_subdir("dataset=digits,method=ce,seed=1", 0) == "dataset=digits,method=ce,seed=1"  # old sweeps still match
+    assert job_subdir("+experiment=smoke,dataset.steps=20", 0) == "+experiment=smoke,dataset.steps=20"
+    assert job_subdir("", 7) == "job7"
+
+
+def test_long_job_subdir_is_shortened_with_a_stable_hash() -> None:
+    names = [job_subdir(f"dataset.root=/{'d' * 200}/{tail},seed=0", 0) for tail in ("a", "b")]
+    assert all(len(n) <= MAX_NAME and "/" not in n and n.startswith("dataset.root=%2Fddd") for n in names)
+    assert names[0] != names[1]  # differing only past the cut
+    assert names == [job_subdir(f"dataset.root=/{'d' * 200}/{tail},seed=0", 1) for tail in ("a", "b")]
+    cut_in_escape = job_subdir("k=" + "/" * 300, 0)  # the kept part never ends inside a %XX escape
+    assert cut_in_escape.split(",sha256=")[0].endswith("%2F")
+
+
+def test_job_folders_with_paths_sit_in_the_sweep_folder_and_rerun_skips_them(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    roots = [tmp_path / "data a", tmp_path / "data-b"]  # digits is bundled: any root works
+    args = ["-m", "dataset=digits", "method=ce", f"dataset.root='{roots[0]}','{roots[1]}'", *TINY, f"hydra.sweep.dir={sweep}"]
+    proc = run_main(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [hydra.parent for hydra in sweep.rglob(".hydra")]
+    assert len(jobs) == 2 and all(job.parent == sweep for job in jobs), jobs
+    assert {OmegaConf.load(job / "config_resolved.yaml").dataset.root for job in jobs} == {str(r) for r in roots}
+    built = report.build(sweep)
+    assert len(built.cells[("digits", "mlp")]["ce"].values) == 2
+    assert not built.failed and not built.unfinished and not built.missing
+    finished = {job: (job / "result.json").read_bytes() for job in jobs}
+
+    again = run_main(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len([line for line in (again.stdout + again.stderr).splitlines() if "already holds a finished result; skipping" in line]) == 2
+    assert {job: (job / "result.json").read_bytes() for job in jobs} == finished
+    assert sorted(hydra.parent for hydra in sweep.rglob(".hydra")) == sorted(jobs)
 
 
 def test_two_sweeps_started_together_do_not_collide(tmp_path: Path) -> None:
