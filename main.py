@@ -22,16 +22,22 @@ register_resolvers()
 def main(cfg: DictConfig) -> float:
     from adalfl import run
     from adalfl.app import USER_ERRORS
+    from adalfl.sweep.errors import SweepJobFailed, report_job_error
 
+    hydra_cfg = HydraConfig.get()
     try:
         return run(cfg)
-    except USER_ERRORS as err:
-        # A single job with a user-fixable problem (bad value, missing data): one line, no trace.
-        # In a sweep the error propagates, so the other jobs run and the sweep exits non-zero.
-        if HydraConfig.get().mode != RunMode.RUN:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    except Exception as err:
+        user_error = isinstance(err, USER_ERRORS)
+        if hydra_cfg.mode == RunMode.RUN:
+            if not user_error:
+                raise  # a bug: Hydra prints the traceback
+            print(f"error: {err}", file=sys.stderr)  # a user-fixable problem: one line, no trace
+            sys.exit(1)
+        # In a sweep the job reports itself (Hydra would show only the first failure, as a
+        # traceback), then fails with a one-line exception: the other jobs run, the sweep exits 1.
+        report_job_error(err, int(hydra_cfg.job.num), list(hydra_cfg.overrides.task), user_error)
+        raise SweepJobFailed(str(hydra_cfg.sweep.dir)) from None
 
 
 if __name__ == "__main__":

@@ -35,14 +35,45 @@ def test_basic_sweep_names_job_folders_from_overrides(tmp_path: Path) -> None:
         assert f"dataset={result['dataset']}" in name and f"seed={result['seed']}" in name
 
 
-def test_failed_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
+def _lines_with(text: str, needle: str) -> list[str]:
+    return [line for line in text.splitlines() if needle in line]
+
+
+def test_each_failed_job_reports_itself_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """A bad value: one line naming the job; a genuine failure (here a diverging model, not a user
+    error) after it: its traceback, which Hydra alone would hide behind the first failure."""
     sweep = tmp_path / "sweep"
-    proc = run_main(["-m", "dataset=diabetes", "method=ce", "optimizer.lr=-1,0.001", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_main(["-m", "dataset=diabetes", "method=ce", "optimizer.lr=-1,1000000.0,0.001", *TINY, f"hydra.sweep.dir={sweep}"],
+                    cwd=tmp_path)
     assert proc.returncode != 0  # the sweep reports the failure
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
-    assert len(results) == 2
-    statuses = {("optimizer.lr=-1" in name): r["status"] for name, r in results.items()}
-    assert statuses == {True: "failed", False: "done"}
+    assert len(results) == 3
+    statuses = {name.split("optimizer.lr=")[1].split(",")[0]: r["status"] for name, r in results.items()}
+    assert statuses == {"-1": "failed", "1000000.0": "failed", "0.001": "done"}
+
+    assert _lines_with(proc.stderr, "optimizer.lr must be positive") == [
+        f"error: job #0 (dataset=diabetes method=ce optimizer.lr=-1 {' '.join(TINY)}): "
+        "optimizer.lr must be positive, got -1.0"
+    ], proc.stderr
+    assert _lines_with(proc.stderr, "failed with an unexpected error:")[0].startswith("error: job #1 (dataset=diabetes")
+    assert proc.stderr.count("Traceback") == 1, proc.stderr  # the bug's, not the bad value's
+    assert "NonFiniteLossError: base loss became" in proc.stderr
+    assert "results.md lists them all" in proc.stderr  # Hydra's last line: one line, not a traceback
+
+
+def test_parallel_sweep_reports_missing_data_in_one_line(tmp_path: Path) -> None:
+    """The README's sweep on a fresh machine, under the joblib launcher (jobs in worker processes):
+    the missing dataset is one line."""
+    empty, sweep = tmp_path / "empty", tmp_path / "sweep"
+    empty.mkdir()
+    proc = run_main(["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "dataset=digits,cifar10", "method=adalfl",
+                     f"dataset.root={empty}", "offline.steps=5", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    missing = _lines_with(proc.stderr, "CIFAR-10 not found")
+    assert len(missing) == 1 and missing[0].startswith("error: job #1 (dataset=cifar10 method=adalfl "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    statuses = {json.loads(p.read_text())["dataset"]: json.loads(p.read_text())["status"] for p in sweep.glob("*/result.json")}
+    assert statuses == {"digits": "done", "cifar10": "failed"}
 
 
 @pytest.mark.parametrize(
@@ -97,7 +128,7 @@ def test_job_folders_with_paths_sit_in_the_sweep_folder_and_rerun_skips_them(tmp
 
     again = run_main(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len([line for line in (again.stdout + again.stderr).splitlines() if "already holds a finished result; skipping" in line]) == 2
+    assert len(_lines_with(again.stdout + again.stderr, "already holds a finished result; skipping")) == 2
     assert {job: (job / "result.json").read_bytes() for job in jobs} == finished
     assert sorted(hydra.parent for hydra in sweep.rglob(".hydra")) == sorted(jobs)
 
