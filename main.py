@@ -11,27 +11,52 @@ from omegaconf import DictConfig
 from adalfl.config import register_configs
 from adalfl.sweep.resolvers import register_resolvers
 
-# conf/hydra/launcher/submitit_local.yaml shares its name with the plugin's schema, which Hydra
-# then applies (and warns about on every run); the file sets every key itself.
-warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_local' is validated against ConfigStore")
+
+def ignore_known_warnings() -> None:
+    """Silence warnings that are known, harmless and not the user's to act on, each by its exact text.
+
+    Called at start-up and again inside every job: a submitit job runs the pickled task function
+    without executing this module, and warning filters belong to the process.
+    """
+    # conf/hydra/launcher/submitit_local.yaml shares its name with the plugin's schema, which Hydra
+    # then applies (and warns about on every run); the file sets every key itself.
+    warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_local' is validated against ConfigStore")
+    # PyTorch (2.14 here) scripts its forward-mode AD decompositions (torch/_decomp/decompositions_for_jvp.py)
+    # the first time an AdaLFL job's meta step runs a jvp, and torch.jit.script warns that it is
+    # deprecated: PyTorch's own call, nothing this project can change.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.jit\.script` is deprecated\. Please switch to `torch\.compile` or `torch\.export`\.$",
+        category=FutureWarning,
+    )
+
+
+ignore_known_warnings()
 register_configs()
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    ignore_known_warnings()
     from adalfl import run
     from adalfl.app import USER_ERRORS
+    from adalfl.sweep.errors import SweepJobFailed, report_job_error
 
+    hydra_cfg = HydraConfig.get()
     try:
         return run(cfg)
-    except USER_ERRORS as err:
-        # A single job with a user-fixable problem (bad value, missing data): one line, no trace.
-        # In a sweep the error propagates, so the other jobs run and the sweep exits non-zero.
-        if HydraConfig.get().mode != RunMode.RUN:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    except Exception as err:
+        user_error = isinstance(err, USER_ERRORS)
+        if hydra_cfg.mode == RunMode.RUN:
+            if not user_error:
+                raise  # a bug: Hydra prints the traceback
+            print(f"error: {err}", file=sys.stderr)  # a user-fixable problem: one line, no trace
+            sys.exit(1)
+        # In a sweep the job reports itself (Hydra would show only the first failure, as a
+        # traceback), then fails with a one-line exception: the other jobs run, the sweep exits 1.
+        report_job_error(err, int(hydra_cfg.job.num), list(hydra_cfg.overrides.task), user_error)
+        raise SweepJobFailed(str(hydra_cfg.sweep.dir)) from None
 
 
 if __name__ == "__main__":
