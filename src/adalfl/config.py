@@ -101,7 +101,8 @@ class OfflineConfig:
     defaults from here by interpolation (conf/method/*.yaml), and ``method.*`` still overrides one
     method. Methods without an offline phase ignore it."""
 
-    steps: int = 2500  # paper: S_init, meta steps of Algorithms 1/3 (adalfl, ml3, metalr, taylorglo search=gradient)
+    steps: int = 2500  # paper: S_init, meta steps of Algorithms 1/3 (adalfl, metalr, taylorglo search=gradient)
+    ml3_steps: int = 250  # author's code (meta_gradient_steps): ML3's offline meta steps
     population: int = 25  # author's code: CMA-ES population per generation (taylorglo search=cmaes)
     generations: int = 50  # author's code: CMA-ES generations (taylorglo search=cmaes)
     partial_steps: int = 500  # author's code: base steps of one candidate's partial training (taylorglo search=cmaes)

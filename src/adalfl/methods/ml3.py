@@ -14,9 +14,10 @@ from adalfl.train.job import Job
 
 
 def _ml3_network() -> LossNetConfig:
-    # ML3's network: ReLU hidden layers, Softplus output. Widths as AdaLFL's (2 x 40) so that the
-    # two methods differ only in how the loss is learned, not in its capacity.
-    return LossNetConfig(hidden=[40, 40], activation="relu", output_activation="softplus")
+    # ML3's network as the paper's first author ran it: 2-50-50-1 without biases, ReLU hidden layers,
+    # Softplus output, Kaiming-normal weights, summed over outputs (conf/method/ml3.yaml).
+    return LossNetConfig(hidden=[50, 50], activation="relu", output_activation="softplus", init="kaiming_normal",
+                         bias=False, reduction="sum")
 
 
 @dataclass
