@@ -10,6 +10,7 @@ import torch
 
 from adalfl.app import build_job, run
 from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork, SmoothLeakyReLU
+from adalfl.methods.learned_loss import LossNetConfig
 from adalfl.methods.adalfl import AdaLFL
 from adalfl.methods.base import FixedLossMethod
 from adalfl.track.metrics import Tracker
@@ -57,7 +58,7 @@ class FrozenLoss(FixedLossMethod):
         self.state = state
 
     def setup(self, job, model) -> None:  # noqa: ANN001
-        self.loss = OutputWiseLoss(job.task, PointwiseNetwork(output_activation="softplus")).to(job.device)  # as conf/method/adalfl.yaml
+        self.loss = LossNetConfig().build(job.task, job.device)  # the schema's defaults: conf/method/adalfl.yaml's
         self.loss.load_state_dict(self.state)
 
     def base_loss(self, job, output, target):  # noqa: ANN001, ANN201
@@ -93,7 +94,9 @@ def test_adalfl_with_zero_meta_lr_equals_plain_sgd_with_the_frozen_loss(backend:
 
 
 def test_non_finite_meta_gradient_skips_the_meta_step_only(job_dir: Path) -> None:
-    cfg = tiny("dataset=diabetes", "method=adalfl", "method.meta.init_steps=0", "checkpoint.every=0")
+    # phi never leaves its random draw here: a small model and lr keep its base steps finite
+    cfg = tiny("dataset=diabetes", "method=adalfl", "method.meta.init_steps=0", "checkpoint.every=0",
+               "model.widths=[32,32]", "optimizer.lr=0.001")
     job, model = build_job(cfg, job_dir, torch.device("cpu"), Tracker(job_dir))
     job.data.val.y[:] = float("nan")  # every meta loss, hence every meta-gradient, is NaN
     method = AdaLFL("adalfl", loss={}, meta={"init_steps": 0})
@@ -144,3 +147,16 @@ def test_smooth_leaky_relu_is_the_papers_formula_with_exact_second_derivatives(b
     probe = torch.randn(7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(act, (probe,))
     assert torch.autograd.gradgradcheck(act, (probe,))
+
+
+@pytest.mark.parametrize("method", ["adalfl", "ml3"])
+def test_loss_network_yaml_and_schema_defaults_agree(method: str) -> None:
+    """conf/method/<method>.yaml and the schema's defaults describe the same network (a default
+    changed in one place only would make a job and a test build different losses)."""
+    from dataclasses import asdict
+
+    from adalfl.methods import adalfl as adalfl_module, ml3 as ml3_module
+
+    schema = {"adalfl": adalfl_module.AdaLFLConfig, "ml3": ml3_module.ML3Config}[method]()
+    composed = tiny(f"method={method}").method.loss
+    assert dict(composed) == asdict(schema.loss)

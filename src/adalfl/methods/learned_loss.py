@@ -26,11 +26,11 @@ class LossNetConfig:
 
     hidden: List[int] = field(default_factory=lambda: [40, 40])
     activation: str = "smooth_leaky_relu"  # smooth_leaky_relu | relu | softplus | none
-    output_activation: str = "softplus"  # smooth_leaky_relu | relu | softplus | none
+    output_activation: str = "none"  # smooth_leaky_relu | relu | softplus | none
     beta: float = 10.0
     gamma: float = 0.01
-    init: str = "default"  # default (PyTorch's) | xavier | kaiming_normal | normal (N(0, 0.01^2))
-    bias: bool = True
+    init: str = "kaiming_normal"  # default (PyTorch's) | xavier | kaiming_normal | normal (N(0, 0.01^2))
+    bias: bool = False
     reduction: str = "mean"  # over outputs: mean (paper) | sum (author's EvoMAL code)
     task_loss_term: bool = False  # M = L_T + l_phi (the author's later loss networks)
 
