@@ -130,6 +130,9 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     threads: str = "auto"  # PyTorch threads per job: auto (see adalfl.sweep.threads) or a count
     cpu_memory: str = "reuse"  # reuse | system: glibc keeps freed memory for reuse (adalfl.cpu_memory)
+    # true: a job folder holding a finished job, or a job of another config, has it moved to
+    # replaced/<time>/ and the job starts over (adalfl.train.folder); otherwise it changes nothing.
+    restart: bool = False
 
 
 def register_configs() -> None:

@@ -15,6 +15,7 @@ from adalfl.methods.base import Method
 from adalfl.train import preemption
 from adalfl.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from adalfl.train.evaluate import evaluate
+from adalfl.train.folder import ConfigMismatch, config_identity, differences, mismatch_message
 from adalfl.train.job import Job
 
 
@@ -39,13 +40,16 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def fit(job: Job, model: nn.Module, method: Method) -> Progress:
     """Run the method's offline phase (once) and the base training budget, resuming from the job
-    folder's checkpoint when there is one. Returns the final progress record."""
+    folder's checkpoint when there is one. Returns the final progress record.
+
+    Every checkpoint records the config's identity; one of another config is refused, not resumed."""
     cfg = job.cfg
     total = int(cfg.dataset.steps)
     optimizer, scheduler = job.build_optimizer(list(model.parameters()))
     method.setup(job, model)
     checkpointer = Checkpointer(job.out_dir)
     progress = Progress()
+    identity = config_identity(cfg)
 
     def save() -> None:
         checkpointer.save(
@@ -60,11 +64,15 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
                 "rng": rng_state(),
                 "timer": dict(job.timer.totals),
                 "metrics_offset": job.tracker.offset(),
+                "config_identity": identity,
             }
         )
 
     state = checkpointer.load() if cfg.checkpoint.resume else None
     if state is not None:
+        diffs = differences(state["config_identity"], identity) if "config_identity" in state else []
+        if diffs:  # adalfl.app refuses these first; this guards every other caller
+            raise ConfigMismatch(mismatch_message(job.out_dir, "a checkpoint", diffs))
         progress = Progress(**state["progress"])
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
