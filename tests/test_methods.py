@@ -280,7 +280,7 @@ def test_smoke_sweep_over_every_method(tmp_path: Path) -> None:
     # The sweep aggregated itself: one row per dataset x model, one column per method, cells = job files.
     md = (sweep / "results.md").read_text()
     assert "| dataset | model | ce | ml3 | taylorglo | metalr | adalfl |" in md
-    rows = [line for line in md.split("## Run time")[0].splitlines() if line.startswith(("| diabetes", "| digits"))]
+    rows = [line for line in md.split("## Paired")[0].splitlines() if line.startswith(("| diabetes", "| digits"))]
     assert len(rows) == 2
     digits_ce = next(r for r in results.values() if r["dataset"] == "digits" and r["method"] == "ce")
     assert f"{100 * digits_ce['test_metric']:.2f} ± 0.00 (n=1)" in next(r for r in rows if r.startswith("| digits"))
