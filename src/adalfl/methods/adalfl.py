@@ -14,7 +14,7 @@ from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
 from adalfl.methods.base import Method, Moment, Stats
 from adalfl.methods.learned_loss import LossNetConfig, LossWatcher
-from adalfl.methods.metalearning import OnlineMetaConfig, OnlineMetaStep, offline_meta_training
+from adalfl.methods.metalearning import OfflineMetaTraining, OnlineMetaConfig, OnlineMetaStep
 from adalfl.train.job import Job
 
 
@@ -40,6 +40,7 @@ class AdaLFL(Method):
         self.watcher = LossWatcher(plot_every)
         self.loss: OutputWiseLoss | None = None
         self.online: OnlineMetaStep | None = None
+        self.offline_run = OfflineMetaTraining()  # Algorithm 1's progress, checkpointed with the method
 
     def setup(self, job: Job, model: nn.Module) -> None:
         self.loss = self.loss_cfg.build(job.task, job.device)
@@ -52,7 +53,7 @@ class AdaLFL(Method):
 
     def offline(self, job: Job, model: nn.Module) -> None:
         assert self.loss is not None
-        offline_meta_training(
+        self.offline_run.run(
             job, self.engine, list(self.loss.parameters()), self.loss, self.meta_cfg.init_steps, self.meta_cfg.init_lr
         )
 
@@ -69,10 +70,12 @@ class AdaLFL(Method):
 
     def state_dict(self) -> dict:
         assert self.loss is not None and self.online is not None
-        return {"loss": self.loss.state_dict(), "online": self.online.state_dict(), "watcher": self.watcher.state_dict()}
+        return {"loss": self.loss.state_dict(), "online": self.online.state_dict(), "watcher": self.watcher.state_dict(),
+                "offline": self.offline_run.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         assert self.loss is not None and self.online is not None
         self.loss.load_state_dict(state["loss"])
         self.online.load_state_dict(state["online"])
         self.watcher.load_state_dict(state["watcher"])
+        self.offline_run.load_state_dict(state.get("offline"))

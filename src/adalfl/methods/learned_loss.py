@@ -188,25 +188,37 @@ class OfflineLearnedLoss(FixedLossMethod):
         super().__init__(name)
         self.watcher = LossWatcher(plot_every)
         self.loss: OutputWiseLoss | None = None
+        self.searched = False  # the offline search is over and the loss frozen
+        self.before: dict | None = None  # the loss's shape before the search (kept for a resumed search's plot)
 
     def build_loss(self, job: Job) -> OutputWiseLoss:
         raise NotImplementedError
 
     def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
-        """Learn the loss in place. Returns a short description for the offline plot's title and
-        the length of the search (offline steps or generations) to label the learned curve."""
+        """Learn the loss in place, going on from ``load_search_state_dict``'s state if the job
+        resumed in the middle. Returns a short description for the offline plot's title and the
+        length of the search (offline steps or generations) to label the learned curve."""
         raise NotImplementedError
+
+    def search_state_dict(self) -> dict:
+        """The search's progress, for a checkpoint written in the middle of it."""
+        return {}
+
+    def load_search_state_dict(self, state: dict | None) -> None:
+        del state
 
     def setup(self, job: Job, model: nn.Module) -> None:
         self.loss = self.build_loss(job)
 
     def offline(self, job: Job, model: nn.Module) -> None:
         assert self.loss is not None
-        before = loss_curves(self.loss, job.task, 0)
+        if self.before is None:
+            self.before = loss_curves(self.loss, job.task, 0)
         description, length = self.search(job, self.loss)
         after = loss_curves(self.loss, job.task, length)
-        plot_offline_phase(job, self.loss, before, after, description)
+        plot_offline_phase(job, self.loss, self.before, after, description)
         self.freeze()
+        self.searched = True
 
     def summary(self) -> dict:
         return self.watcher.summary()
@@ -225,10 +237,16 @@ class OfflineLearnedLoss(FixedLossMethod):
 
     def state_dict(self) -> dict:
         assert self.loss is not None
-        return {"loss": self.loss.state_dict(), "watcher": self.watcher.state_dict()}
+        return {"loss": self.loss.state_dict(), "watcher": self.watcher.state_dict(), "searched": self.searched,
+                "before": self.before, "search": self.search_state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         assert self.loss is not None
         self.loss.load_state_dict(state["loss"])
         self.watcher.load_state_dict(state["watcher"])
-        self.freeze()  # a checkpoint is only ever written after the offline phase
+        self.before = state.get("before")
+        self.load_search_state_dict(state.get("search"))
+        # Checkpoints without the flag were only ever written after the search.
+        self.searched = bool(state.get("searched", True))
+        if self.searched:
+            self.freeze()

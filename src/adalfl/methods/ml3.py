@@ -9,7 +9,7 @@ from adalfl.config import MethodConfig
 from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
 from adalfl.methods.learned_loss import LossNetConfig, OfflineLearnedLoss
-from adalfl.methods.metalearning import OfflineMetaConfig, offline_meta_training
+from adalfl.methods.metalearning import OfflineMetaConfig, OfflineMetaTraining
 from adalfl.train.job import Job
 
 
@@ -38,11 +38,18 @@ class ML3(OfflineLearnedLoss):
         self.meta_cfg = OfflineMetaConfig(**meta)
         self.meta_cfg.check()
         self.engine = make_engine(self.meta_cfg.backend)
+        self.offline_run = OfflineMetaTraining()
 
     def build_loss(self, job: Job) -> OutputWiseLoss:
         return self.loss_cfg.build(job.task, job.device)
 
     def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
         steps = self.meta_cfg.init_steps
-        offline_meta_training(job, self.engine, list(loss.parameters()), loss, steps, self.meta_cfg.init_lr)
+        self.offline_run.run(job, self.engine, list(loss.parameters()), loss, steps, self.meta_cfg.init_lr)
         return f"ML3 loss before / after {steps} offline meta steps", steps
+
+    def search_state_dict(self) -> dict:
+        return self.offline_run.state_dict()
+
+    def load_search_state_dict(self, state: dict | None) -> None:
+        self.offline_run.load_state_dict(state)

@@ -42,7 +42,9 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
     """Run the method's offline phase (once) and the base training budget, resuming from the job
     folder's checkpoint when there is one. Returns the final progress record.
 
-    Every checkpoint records the config's identity; one of another config is refused, not resumed."""
+    Checkpoints are written every ``checkpoint.every`` base steps, by the offline phases at their
+    own boundaries (``Job.offline_boundary``), and on a stop signal; each records the config's
+    identity, and one of another config is refused rather than resumed."""
     cfg = job.cfg
     total = int(cfg.dataset.steps)
     optimizer, scheduler = job.build_optimizer(list(model.parameters()))
@@ -62,7 +64,7 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
                 "train_batches": job.train_batches.state_dict(),
                 "val_batches": job.val_batches.state_dict(),
                 "rng": rng_state(),
-                "timer": dict(job.timer.totals),
+                "timer": job.timer.state_dict(),
                 "metrics_offset": job.tracker.offset(),
                 "config_identity": identity,
             }
@@ -81,24 +83,30 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
         job.train_batches.load_state_dict(state["train_batches"])
         job.val_batches.load_state_dict(state["val_batches"])
         set_rng_state(state["rng"])
-        job.timer.totals = dict(state["timer"])
+        if "totals" in state["timer"]:
+            job.timer.load_state_dict(state["timer"])
+        else:  # written before the total was carried: phase times only
+            job.timer.totals = dict(state["timer"])
         job.tracker.resume_from(state["metrics_offset"])
-        job.log.info("resuming from %s at step %d/%d", checkpointer.loaded_from, progress.step, total)
+        where = f"step {progress.step}/{total}" if progress.offline_done else "the offline phase"
+        job.log.info("resuming from %s at %s", checkpointer.loaded_from, where)
     else:
         if job.tracker.path.exists():
             job.log.info("no usable checkpoint in %s: starting from scratch", job.out_dir)
         job.tracker.reset()
 
+    ckpt_every = int(cfg.checkpoint.every)
+    job.save_checkpoint = save if ckpt_every > 0 else None
     if not progress.offline_done:
         with job.timer.phase("offline"):
-            method.offline(job, model)
+            method.offline(job, model)  # checkpoints through job.offline_boundary as it goes
         progress.offline_done = True
-        if cfg.checkpoint.every > 0:
+        if ckpt_every > 0:
             save()  # a crash during training must not redo the offline phase
     if progress.step == 0:
         method.observe(job, model, 0, "start")
 
-    log_every, eval_every, ckpt_every = int(cfg.dataset.log_interval), int(cfg.dataset.eval_interval), int(cfg.checkpoint.every)
+    log_every, eval_every = int(cfg.dataset.log_interval), int(cfg.dataset.eval_interval)
     bar = tqdm(
         total=total,
         initial=progress.step,
@@ -138,7 +146,7 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
             method.observe(job, model, step, "end" if last else "eval")
         if ckpt_every > 0 and (step % ckpt_every == 0 or last or preemption.requested()):
             save()
-        preemption.deliver()  # a scheduler's stop signal takes effect here, after the checkpoint
+        preemption.deliver(checkpointed=ckpt_every > 0)  # a scheduler's stop signal takes effect here, after the checkpoint
     bar.close()
     checkpointer.previous.unlink(missing_ok=True)
     return progress
