@@ -144,6 +144,7 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
     }
     wandb: WandbLogger | None = None
     tracker: Tracker | None = None
+    method: Method | None = None
     try:
         validate(cfg)
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
@@ -181,6 +182,8 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
             error=f"{type(err).__name__}: {err}",
             traceback=traceback.format_exc(),
         )
+        if method is not None:
+            record.update(_safe_summary(method))  # the learned loss's last health and dead-loss count
         raise
     finally:
         record["wall_time_s"] = {**timer.snapshot(), "total": timer.total()}  # over every attempt
@@ -196,6 +199,13 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
         record["test_metric"], record["best_val_metric"], record["wall_time_s"]["total"], out_dir,
     )
     return float(record["test_metric"])
+
+
+def _safe_summary(method: Method) -> dict:
+    try:
+        return method.summary()
+    except Exception:  # noqa: BLE001 - a method that failed early may have nothing to summarise
+        return {}
 
 
 def _task_overrides() -> list[str] | None:

@@ -13,7 +13,7 @@ from adalfl.config import MethodConfig
 from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
 from adalfl.methods.base import Method, Moment, Stats
-from adalfl.methods.learned_loss import LossNetConfig, LossWatcher
+from adalfl.methods.learned_loss import DeadLossConfig, DeadLossMonitor, LossNetConfig, LossWatcher
 from adalfl.methods.metalearning import OfflineMetaTraining, OnlineMetaConfig, OnlineMetaStep
 from adalfl.train.job import Job
 
@@ -25,13 +25,14 @@ class AdaLFLConfig(MethodConfig):
     loss: LossNetConfig = field(default_factory=LossNetConfig)
     meta: OnlineMetaConfig = field(default_factory=OnlineMetaConfig)
     plot_every: int = 0  # base steps between learned-loss plots (0: a quarter of dataset.steps); also start and end
+    dead_loss: DeadLossConfig = field(default_factory=DeadLossConfig)
 
 
 CONFIG_SCHEMA = AdaLFLConfig
 
 
 class AdaLFL(Method):
-    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0) -> None:
+    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0, dead_loss: dict | None = None) -> None:
         super().__init__(name)
         self.loss_cfg = LossNetConfig(**loss)
         self.meta_cfg = OnlineMetaConfig(**meta)
@@ -41,6 +42,9 @@ class AdaLFL(Method):
         self.loss: OutputWiseLoss | None = None
         self.online: OnlineMetaStep | None = None
         self.offline_run = OfflineMetaTraining()  # Algorithm 1's progress, checkpointed with the method
+        dead = DeadLossConfig(**(dead_loss or {}))
+        dead.check()
+        self.monitor = DeadLossMonitor(dead, f"Lower method.meta.online_lr ({self.meta_cfg.online_lr:g}) or optimizer.lr")
 
     def setup(self, job: Job, model: nn.Module) -> None:
         self.loss = self.loss_cfg.build(job.task, job.device)
@@ -64,14 +68,19 @@ class AdaLFL(Method):
     def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
         assert self.loss is not None
         self.watcher.observe(job, self.loss, step, moment)
+        self.monitor.note_health(step, self.watcher.health, frozen=False)  # the meta step may still revive it
+
+    def check(self, job: Job, step: int, record: dict) -> None:
+        if "train/base_grad_norm" in record:
+            self.monitor.note_gradient(step, record["train/base_grad_norm"])
 
     def summary(self) -> dict:
-        return self.watcher.summary()
+        return {**self.watcher.summary(), **self.monitor.summary()}
 
     def state_dict(self) -> dict:
         assert self.loss is not None and self.online is not None
         return {"loss": self.loss.state_dict(), "online": self.online.state_dict(), "watcher": self.watcher.state_dict(),
-                "offline": self.offline_run.state_dict()}
+                "offline": self.offline_run.state_dict(), "dead_loss": self.monitor.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         assert self.loss is not None and self.online is not None
@@ -79,3 +88,4 @@ class AdaLFL(Method):
         self.online.load_state_dict(state["online"])
         self.watcher.load_state_dict(state["watcher"])
         self.offline_run.load_state_dict(state.get("offline"))
+        self.monitor.load_state_dict(state.get("dead_loss"))

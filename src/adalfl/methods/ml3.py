@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from adalfl.config import MethodConfig
 from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
-from adalfl.methods.learned_loss import LossNetConfig, OfflineLearnedLoss
+from adalfl.methods.learned_loss import DeadLossConfig, LossNetConfig, OfflineLearnedLoss
 from adalfl.methods.metalearning import OfflineMetaConfig, OfflineMetaTraining
 from adalfl.train.job import Job
 
@@ -26,14 +26,16 @@ class ML3Config(MethodConfig):
     loss: LossNetConfig = field(default_factory=_ml3_network)
     meta: OfflineMetaConfig = field(default_factory=OfflineMetaConfig)
     plot_every: int = 0  # base steps between learned-loss plots (0: start and end; the loss is frozen)
+    dead_loss: DeadLossConfig = field(default_factory=DeadLossConfig)
 
 
 CONFIG_SCHEMA = ML3Config
 
 
 class ML3(OfflineLearnedLoss):
-    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0) -> None:
-        super().__init__(name, plot_every)
+    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0, dead_loss: dict | None = None) -> None:
+        super().__init__(name, plot_every, dead_loss, "The offline phase learned a loss that cannot train: "
+                         "try a lower method.meta.init_lr or optimizer.lr")
         self.loss_cfg = LossNetConfig(**loss)
         self.meta_cfg = OfflineMetaConfig(**meta)
         self.meta_cfg.check()

@@ -26,7 +26,7 @@ from adalfl.config import ConfigError, MethodConfig
 from adalfl.data import BatchSampler
 from adalfl.losses.learned import OutputWiseLoss, TaylorPolynomial
 from adalfl.meta import make_engine
-from adalfl.methods.learned_loss import OfflineLearnedLoss, build_loss
+from adalfl.methods.learned_loss import DeadLossConfig, OfflineLearnedLoss, build_loss
 from adalfl.methods.metalearning import OfflineMetaConfig, OfflineMetaTraining
 from adalfl.train import preemption
 from adalfl.train.evaluate import evaluate
@@ -54,6 +54,7 @@ class TaylorGLOConfig(MethodConfig):
     cmaes: CMAESConfig = field(default_factory=CMAESConfig)
     meta: OfflineMetaConfig = field(default_factory=OfflineMetaConfig)  # search=gradient
     plot_every: int = 0
+    dead_loss: DeadLossConfig = field(default_factory=DeadLossConfig)
 
 
 CONFIG_SCHEMA = TaylorGLOConfig
@@ -221,8 +222,10 @@ class PartialTraining:
 
 
 class TaylorGLO(OfflineLearnedLoss):
-    def __init__(self, name: str, search: str, init: str, cmaes: dict, meta: dict, plot_every: int = 0) -> None:
-        super().__init__(name, plot_every)
+    def __init__(self, name: str, search: str, init: str, cmaes: dict, meta: dict, plot_every: int = 0,
+                 dead_loss: dict | None = None) -> None:
+        super().__init__(name, plot_every, dead_loss, "The search found a polynomial that cannot train: "
+                         "try more method.cmaes.generations or another method.init")
         if search not in ("cmaes", "gradient"):
             raise ConfigError(f"method.search must be cmaes or gradient, got {search!r}")
         if init not in ("squared_error", "zeros"):

@@ -141,6 +141,7 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
                     f"base loss became {base_loss} (task loss {task_loss}) at step {step}; "
                     "lower optimizer.lr or check the data"
                 )
+            method.check(job, step, record)  # e.g. a learned loss that gives no gradient any more
             bar.set_postfix(loss=f"{base_loss:.4g}", refresh=False)
         if step % eval_every == 0 or last:
             method.observe(job, model, step, "end" if last else "eval")
