@@ -222,6 +222,19 @@ def test_mnist_reads_idx_files(tmp_path: Path) -> None:
     assert torch.equal(data.prepare(data.train.x[:8], True), data.prepare(data.train.x[:8], False))
 
 
+@pytest.mark.parametrize(("damage", "reason"), [("random bytes", r"could not parse its files \(AssertionError\)"),
+                                               ("truncated", "found no complete, uncorrupted copy")])
+def test_mnist_files_torchvision_cannot_parse_are_a_data_error(damage: str, reason: str, tmp_path: Path) -> None:
+    """torchvision's idx reader asserts (often with an empty message) on a damaged file: that becomes
+    the same one-line data error as a missing file, naming the folder and the way out."""
+    write_mnist(tmp_path)
+    images_file = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    data = images_file.read_bytes()
+    images_file.write_bytes(np.random.default_rng(0).bytes(5000) if damage == "random bytes" else data[:1000])
+    with pytest.raises(DataNotFoundError, match=rf"MNIST not found in {tmp_path}/MNIST/raw \(torchvision {reason}"):
+        load_data(dataset_cfg("mnist", tmp_path), CPU)
+
+
 def test_mnist_download_flag_reaches_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from adalfl.config import ConfigError, model_name, validate
 from adalfl.cpu_memory import configure_cpu_memory
-from adalfl.data import BatchSampler, DataNotFoundError, load_data
+from adalfl.data import BatchSampler, Data, DataNotFoundError, load_data
 from adalfl.losses import Task
 from adalfl.methods.base import Method
 from adalfl.sweep.threads import configure_threads
@@ -147,6 +147,7 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
     method: Method | None = None
     try:
         validate(cfg)
+        method = build_method(cfg)  # a bad method value fails here, before any data is loaded
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
         launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
         record["threads"] = configure_threads(cfg.threads, launcher)
@@ -158,7 +159,6 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
         tracker = Tracker(out_dir)
         job, model = build_job(cfg, out_dir, device, tracker, timer)  # missing data fails here, before W&B
         wandb = tracker.wandb = WandbLogger(cfg, out_dir)
-        method = build_method(cfg)
         with deferred_stop_signals():  # Slurm's time-limit/preemption warning: checkpoint, then stop
             progress = fit(job, model, method)
         curves = learning_curves(tracker, task.metric_name, out_dir / "learning_curves.png", job.title)
@@ -222,6 +222,7 @@ def build_job(
     """Seed, load the data and build the job's model (theta_0) and shared services."""
     seed_everything(int(cfg.seed))
     data = load_data(cfg.dataset, device)
+    check_batch_size(cfg, data)
     data.channels_last = _channels_last(cfg)
     build_model = partial(_build_model, cfg, device)
     model = build_model()  # built before any offline phase: every method starts from the same theta_0
@@ -240,6 +241,19 @@ def build_job(
         log=log,
     )
     return job, model
+
+
+def check_batch_size(cfg: DictConfig, data: Data) -> None:
+    """A batch larger than the training split cannot be drawn: refuse it rather than silently train
+    on smaller batches than asked. Validation batches (for meta steps) are capped at the validation
+    split, which is often smaller than a batch on the small tabular sets: that is logged."""
+    size, train, val = int(cfg.dataset.batch_size), len(data.train), len(data.val)
+    if size > train:
+        raise ConfigError(f"dataset.batch_size={size} is larger than the training split of {cfg.dataset.name} "
+                          f"({train} examples); use at most {train}")
+    if size > val:
+        log.info("dataset.batch_size=%d exceeds the validation split (%d examples): validation batches use it whole",
+                 size, val)
 
 
 def build_method(cfg: DictConfig) -> Method:

@@ -26,13 +26,13 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; an explicit CUDA device that is absent is an error."""
+    """``auto`` picks CUDA when present, else CPU; a device this machine lacks is a ConfigError."""
+    from adalfl.config import check_device
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} asked for CUDA, but torch sees no CUDA device; use device=auto or cpu")
-    return device
+    check_device(name)
+    return torch.device(name)
 
 
 def versions() -> dict[str, str]:

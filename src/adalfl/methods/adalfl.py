@@ -35,6 +35,7 @@ class AdaLFL(Method):
     def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0, dead_loss: dict | None = None) -> None:
         super().__init__(name)
         self.loss_cfg = LossNetConfig(**loss)
+        self.loss_cfg.check()
         self.meta_cfg = OnlineMetaConfig(**meta)
         self.meta_cfg.check()
         self.engine = make_engine(self.meta_cfg.backend)

@@ -12,11 +12,14 @@ from torch import nn
 
 from adalfl.config import ConfigError
 from adalfl.losses import Task
-from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
+from adalfl.losses.learned import INITS, REDUCTIONS, OutputWiseLoss, PointwiseNetwork
 from adalfl.methods.base import FixedLossMethod, Moment
 from adalfl.track.plots import learned_loss as plot_learned_loss
 from adalfl.train.job import Job
 from adalfl.utils import atomic_write_json
+
+
+ACTIVATIONS = ("smooth_leaky_relu", "relu", "softplus", "none")  # adalfl.losses.learned._activation
 
 
 @dataclass
@@ -34,6 +37,22 @@ class LossNetConfig:
     bias: bool = True
     reduction: str = "mean"  # over outputs: mean (paper) | sum (author's EvoMAL code)
     task_loss_term: bool = False  # M = L_T + l_phi (the author's later loss networks)
+
+    def check(self, key: str = "method.loss") -> None:
+        """Refuse unusable values at start-up, naming the key and the allowed values (the network
+        itself is built only after the data is loaded)."""
+        for name in ("activation", "output_activation"):
+            value = getattr(self, name)
+            if value not in ACTIVATIONS:
+                raise ConfigError(f"{key}.{name} must be one of {list(ACTIVATIONS)}, got {value!r}")
+        if not self.hidden or any(int(w) <= 0 for w in self.hidden):
+            raise ConfigError(f"{key}.hidden must list at least one positive layer width, e.g. [40, 40]; got {list(self.hidden)}")
+        if self.init not in INITS:
+            raise ConfigError(f"{key}.init must be one of {list(INITS)}, got {self.init!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ConfigError(f"{key}.reduction must be one of {list(REDUCTIONS)}, got {self.reduction!r}")
+        if not self.beta > 0 or not 0 <= self.gamma < 1:
+            raise ConfigError(f"{key}.beta must be > 0 and {key}.gamma in [0, 1), got beta={self.beta}, gamma={self.gamma}")
 
     def build(self, task: Task, device: torch.device) -> OutputWiseLoss:
         pointwise = PointwiseNetwork(

@@ -37,6 +37,7 @@ class ML3(OfflineLearnedLoss):
         super().__init__(name, plot_every, dead_loss, "The offline phase learned a loss that cannot train: "
                          "try a lower method.meta.init_lr or optimizer.lr")
         self.loss_cfg = LossNetConfig(**loss)
+        self.loss_cfg.check()
         self.meta_cfg = OfflineMetaConfig(**meta)
         self.meta_cfg.check()
         self.engine = make_engine(self.meta_cfg.backend)
