@@ -83,11 +83,12 @@ def fingerprint(identity: dict[str, Any]) -> str:
 def differences(recorded: dict[str, Any], asked: dict[str, Any]) -> list[str]:
     """``key was <recorded>, now <asked>`` for every key whose value differs (absent on one side included)."""
     missing = object()
+    show = lambda v: "absent" if v is missing else json.dumps(v, sort_keys=True, default=str)  # noqa: E731
     out = []
     for key in sorted(set(recorded) | set(asked)):
         old, new = recorded.get(key, missing), asked.get(key, missing)
-        if old != new:
-            show = lambda v: "absent" if v is missing else json.dumps(v, default=str)  # noqa: E731
+        # Equal, or equal once written as JSON (result.json's lists for tuples, NaN for NaN).
+        if not (old == new or show(old) == show(new)):
             out.append(f"{key} was {show(old)}, now {show(new)}")
     return out
 
