@@ -454,13 +454,15 @@ def _one_step(cfg: DictConfig, out: Path) -> dict:
 
 def test_app_trains_lenet5_on_mnist_files(tmp_path: Path) -> None:
     write_mnist(tmp_path / "data")
-    cfg = compose_config("dataset=mnist", f"dataset.root={tmp_path / 'data'}", "model=lenet5", "method=ce", "logger=none")
+    cfg = compose_config("dataset=mnist", f"dataset.root={tmp_path / 'data'}", "model=lenet5", "method=ce", "logger=none",
+                         "dataset.batch_size=32")  # the fixture's training split is smaller than 128
     result = _one_step(cfg, tmp_path / "job")
     assert result["status"] == "done" and 0.0 <= result["test_metric"] <= 1.0
 
 
 def test_app_trains_an_mlp_on_communities_file(tmp_path: Path) -> None:
     write_communities(tmp_path / "data")
-    cfg = compose_config("dataset=communities_crime", f"dataset.root={tmp_path / 'data'}", "model=mlp", "method=ce", "logger=none")
+    cfg = compose_config("dataset=communities_crime", f"dataset.root={tmp_path / 'data'}", "model=mlp", "method=ce", "logger=none",
+                         "dataset.batch_size=32")  # the fixture's training split is smaller than 128
     result = _one_step(cfg, tmp_path / "job")
     assert result["status"] == "done" and np.isfinite(result["test_metric"])

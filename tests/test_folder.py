@@ -188,7 +188,7 @@ def test_the_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
 def test_main_prints_one_line_for_a_folder_in_use(tmp_path: Path) -> None:
     folder = tmp_path / "job"
     with folder_lock(folder):
-        proc = run_main(["method=ce", "logger=none", *FAST, f"hydra.run.dir={folder}"], cwd=tmp_path, timeout=120)
+        proc = run_main(["method=ce", "logger=none", *FAST, f"hydra.run.dir={folder}"], cwd=tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {folder} is in use by a running job"), proc.stderr

@@ -85,7 +85,7 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(key: str, tmp_path:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     args = ["-m"] if key == "hydra.sweep.dir" else []
-    proc = run_main([*args, "method=ce", "logger=none", f"{key}={blocker}/job"], cwd=tmp_path, timeout=120)
+    proc = run_main([*args, "method=ce", "logger=none", f"{key}={blocker}/job"], cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"error: cannot write the output folder {blocker}/job: Not a directory; choose another with {key}=..."]
