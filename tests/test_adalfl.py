@@ -122,8 +122,18 @@ def test_non_finite_base_loss_fails_the_job(job_dir: Path) -> None:
 def test_adalfl_resumes_to_the_same_metrics(tmp_path: Path) -> None:
     args = ("method=adalfl", "method.meta.init_steps=10", "checkpoint.every=20")
     run(tiny(*args), out_dir=tmp_path / "straight")
-    run(tiny(*args, "dataset.steps=20"), out_dir=tmp_path / "resumed")
-    (tmp_path / "resumed" / "result.json").unlink()  # pretend the job died after its step-20 checkpoint
+    original, calls = AdaLFL.train_step, {"n": 0}
+
+    def dies_at_step_25(self, job, model, optimizer):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise RuntimeError("killed")
+        return original(self, job, model, optimizer)
+
+    with pytest.MonkeyPatch.context() as patch:  # dies after its step-20 checkpoint (same config: it resumes)
+        patch.setattr(AdaLFL, "train_step", dies_at_step_25)
+        with pytest.raises(RuntimeError, match="killed"):
+            run(tiny(*args), out_dir=tmp_path / "resumed")
     run(tiny(*args), out_dir=tmp_path / "resumed")
     assert _records(tmp_path / "straight") == _records(tmp_path / "resumed")
 

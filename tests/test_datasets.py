@@ -251,6 +251,19 @@ def test_fashion_mnist_reads_gzipped_idx_files(tmp_path: Path) -> None:
     assert not list(raw.glob("*.partial"))
 
 
+@pytest.mark.parametrize(("damage", "reason"), [("random bytes", r"could not parse its files \(AssertionError\)"),
+                                               ("truncated", "found no complete, uncorrupted copy")])
+def test_mnist_files_torchvision_cannot_parse_are_a_data_error(damage: str, reason: str, tmp_path: Path) -> None:
+    """torchvision's idx reader asserts (often with an empty message) on a damaged file: that becomes
+    the same one-line data error as a missing file, naming the folder and the way out."""
+    write_mnist(tmp_path)
+    images_file = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    data = images_file.read_bytes()
+    images_file.write_bytes(np.random.default_rng(0).bytes(5000) if damage == "random bytes" else data[:1000])
+    with pytest.raises(DataNotFoundError, match=rf"MNIST not found in {tmp_path}/MNIST/raw \(torchvision {reason}"):
+        load_data(dataset_cfg("mnist", tmp_path), CPU)
+
+
 def test_mnist_download_flag_reaches_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
@@ -476,13 +489,15 @@ def _one_step(cfg: DictConfig, out: Path) -> dict:
 
 def test_app_trains_lenet5_on_mnist_files(tmp_path: Path) -> None:
     write_mnist(tmp_path / "data")
-    cfg = compose_config("dataset=mnist", f"dataset.root={tmp_path / 'data'}", "model=lenet5", "method=ce", "logger=none")
+    cfg = compose_config("dataset=mnist", f"dataset.root={tmp_path / 'data'}", "model=lenet5", "method=ce", "logger=none",
+                         "dataset.batch_size=32")  # the fixture's training split is smaller than 128
     result = _one_step(cfg, tmp_path / "job")
     assert result["status"] == "done" and 0.0 <= result["test_metric"] <= 1.0
 
 
 def test_app_trains_an_mlp_on_communities_file(tmp_path: Path) -> None:
     write_communities(tmp_path / "data")
-    cfg = compose_config("dataset=communities_crime", f"dataset.root={tmp_path / 'data'}", "model=mlp", "method=ce", "logger=none")
+    cfg = compose_config("dataset=communities_crime", f"dataset.root={tmp_path / 'data'}", "model=mlp", "method=ce", "logger=none",
+                         "dataset.batch_size=32")  # the fixture's training split is smaller than 128
     result = _one_step(cfg, tmp_path / "job")
     assert result["status"] == "done" and np.isfinite(result["test_metric"])

@@ -74,12 +74,23 @@ def test_taylorglo_gradient_search_runs_algorithm_1(job_dir: Path) -> None:
 
 @pytest.mark.parametrize("method", ["ml3", "taylorglo", "metalr"])
 def test_methods_resume_to_the_same_metrics(method: str, tmp_path: Path) -> None:
-    args = ("dataset=diabetes", f"method={method}", *FAST, "checkpoint.every=20")
+    args = ("dataset=diabetes", f"method={method}", *FAST, "checkpoint.every=20", "model.widths=[32,32]")
     if method == "metalr":
         args += ("method.meta.online_lr=1e-2",)  # so that the resumed meta optimiser state matters
     run(tiny(*args), out_dir=tmp_path / "straight")
-    run(tiny(*args, "dataset.steps=20"), out_dir=tmp_path / "resumed")
-    (tmp_path / "resumed" / "result.json").unlink()  # pretend the job died after its step-20 checkpoint
+    cls = {"ml3": ML3, "taylorglo": TaylorGLO, "metalr": MetaLR}[method]
+    original, calls = cls.train_step, {"n": 0}
+
+    def dies_at_step_25(self, job, model, optimizer):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise RuntimeError("killed")
+        return original(self, job, model, optimizer)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cls, "train_step", dies_at_step_25)
+        with pytest.raises(RuntimeError, match="killed"):
+            run(tiny(*args), out_dir=tmp_path / "resumed")  # dies after its step-20 checkpoint
     run(tiny(*args), out_dir=tmp_path / "resumed")
     assert _records(tmp_path / "straight") == _records(tmp_path / "resumed")
 
@@ -271,7 +282,7 @@ def test_smoke_sweep_over_every_method(tmp_path: Path) -> None:
     # The sweep aggregated itself: one row per dataset x model, one column per method, cells = job files.
     md = (sweep / "results.md").read_text()
     assert "| dataset | model | ce | ml3 | taylorglo | metalr | adalfl |" in md
-    rows = [line for line in md.split("## Paired with")[0].splitlines() if line.startswith(("| diabetes", "| digits"))]
+    rows = [line for line in md.split("## Paired")[0].splitlines() if line.startswith(("| diabetes", "| digits"))]
     assert len(rows) == 2
     digits_ce = next(r for r in results.values() if r["dataset"] == "digits" and r["method"] == "ce")
     assert f"{100 * digits_ce['test_metric']:.2f} ± 0.00 (n=1)" in next(r for r in rows if r.startswith("| digits"))

@@ -96,3 +96,74 @@ def test_rerun_skips_finished_jobs(sweep: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.jsonl")} == before
     assert (proc.stdout + proc.stderr).count("already holds a finished result") == 4
+
+
+# --- grouping: only seeds are pooled ----------------------------------------------------------
+
+def _fake_job(sweep: Path, name: str, method: str, seed: int, value: float, identity: dict, legacy: bool = False,
+              status: str = "done") -> Path:
+    """A job folder as a job leaves it (result.json, a Hydra record, a short test curve)."""
+    folder = sweep / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("[]\n")
+    full = {"seed": seed, "method.name": method, "dataset.name": "digits", **identity}
+    record = {"status": status, "method": method, "dataset": "digits", "model": "mlp", "seed": seed,
+              "metric_name": "error_rate", "test_metric": value, "wall_time_s": {"train": 1.0}}
+    if legacy:  # written before identities: the report reads config_resolved.yaml
+        nested: dict = {}
+        for key, val in full.items():
+            node = nested
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = val
+        (folder / "config_resolved.yaml").write_text(json.dumps(nested))
+    else:
+        record["config_identity"] = full
+    (folder / "result.json").write_text(json.dumps(record))
+    (folder / "metrics.jsonl").write_text(
+        "".join(json.dumps({"phase": "train", "step": s, "test/error_rate": value}) + "\n" for s in (10, 20)))
+    return folder
+
+
+def test_settings_other_than_the_seed_are_never_pooled(tmp_path: Path) -> None:
+    """`optimizer.lr=0.01,0.1` is two rows; a method setting is its own column; CE pairs within a row."""
+    sweep = tmp_path / "sweep"
+    values = {(0.01, "ce", 0): 0.10, (0.01, "ce", 1): 0.12, (0.1, "ce", 0): 0.50, (0.1, "ce", 1): 0.54,
+              (0.01, "adalfl", 0): 0.09, (0.01, "adalfl", 1): 0.10, (0.1, "adalfl", 0): 0.40, (0.1, "adalfl", 1): 0.60}
+    for (lr, method, seed), value in values.items():
+        extra = {"method.meta.online_lr": 1e-5} if method == "adalfl" else {}
+        _fake_job(sweep, f"lr{lr}-{method}-{seed}", method, seed, value, {"optimizer.lr": lr, "dataset.steps": 30, **extra},
+                  legacy=(method == "ce" and seed == 1))  # old and new results group alike
+    for seed, value in ((0, 0.07), (1, 0.08)):  # another AdaLFL meta learning rate: its own column
+        _fake_job(sweep, f"lr0.01-adalfl-eta-{seed}", "adalfl", seed, value,
+                  {"optimizer.lr": 0.01, "dataset.steps": 30, "method.meta.online_lr": 1e-4})
+    built = report.write(sweep)
+    assert list(built.cells) == [("digits", "mlp", "optimizer.lr=0.01"), ("digits", "mlp", "optimizer.lr=0.1")]
+    assert built.methods == ["ce", "adalfl [meta.online_lr=0.0001]", "adalfl [meta.online_lr=1e-05]"]
+    low, high = built.cells.values()
+    assert low["ce"].values == pytest.approx([10.0, 12.0]) and high["ce"].values == pytest.approx([50.0, 54.0])
+    assert "adalfl [meta.online_lr=0.0001]" not in high
+    md = (sweep / "results.md").read_text()
+    assert "| dataset | model | setting | ce |" in md
+    assert "| digits | mlp | optimizer.lr=0.1 | 52.00 ± 2.83 (n=2) |" in md  # never 31.5 pooled over both lrs
+    pairs = {(row[2], p.method): p for row, cells in built.cells.items() for p in report.paired_with_baseline(cells)}
+    assert pairs[("optimizer.lr=0.1", "adalfl [meta.online_lr=1e-05]")].mean_difference == pytest.approx(-2.0)
+    assert pairs[("optimizer.lr=0.01", "adalfl [meta.online_lr=0.0001]")].wins == 2
+    with open(sweep / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["setting"], r["method"], r["n_finished"]) for r in rows} >= {("optimizer.lr=0.1", "ce", "2")}
+    assert {p.name for p in (sweep / "figures").glob("curves_*.png")} == {
+        "curves_digits_mlp_optimizer.lr=0.01.png", "curves_digits_mlp_optimizer.lr=0.1.png"}
+
+
+def test_a_key_only_some_jobs_know_is_no_setting_and_stopped_jobs_are_unfinished(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    _fake_job(sweep, "a", "ce", 0, 0.1, {"optimizer.lr": 0.01})
+    _fake_job(sweep, "b", "ce", 1, 0.2, {"optimizer.lr": 0.01, "method.dead_loss.patience": 10})  # newer code
+    _fake_job(sweep, "c", "ce", 2, 0.3, {"optimizer.lr": 0.01}, status="interrupted")
+    built = report.build(sweep)
+    assert list(built.cells) == [("digits", "mlp", "")] and built.methods == ["ce"]
+    assert built.cells[("digits", "mlp", "")]["ce"].values == pytest.approx([10.0, 20.0])
+    assert [f.name for f in built.unfinished] == ["c"] and not built.failed
+    assert "| dataset | model | ce |" in report.markdown(built)  # no setting column when nothing differs

@@ -225,3 +225,157 @@ def test_local_launcher_runs_a_sweep_with_two_workers(tmp_path: Path) -> None:
         assert len(runs) == 1 and runs[0].name.endswith(run_id), runs
         run_ids.add(run_id)
     assert len(run_ids) == 2
+
+
+# --- offline phases ---------------------------------------------------------------------------
+# Algorithms 1/3 checkpoint every checkpoint.every meta steps, the CMA-ES search after every
+# generation; on a stop signal either checkpoints after the current meta step or candidate.
+
+OFFLINE = ["dataset=digits", "logger=none", "progress=false", "threads=1", "model.widths=[32,32]", "dataset.steps=20",
+           "dataset.eval_interval=10", "dataset.log_interval=5", "offline.steps=40", "checkpoint.every=10",
+           "offline.population=4", "offline.generations=3", "offline.partial_steps=5"]  # fmt: skip
+OFFLINE_METHODS = {"adalfl": ["method=adalfl"], "ml3": ["method=ml3"], "metalr": ["method=metalr"],
+                   "taylorglo-gradient": ["method=taylorglo", "method.search=gradient"],
+                   "taylorglo-cmaes": ["method=taylorglo"]}  # fmt: skip
+
+
+def offline_job(name: str, *extra: str) -> DictConfig:
+    return compose_job([*OFFLINE, *OFFLINE_METHODS[name], *extra])
+
+
+@pytest.fixture(scope="module")
+def offline_references(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Uninterrupted runs, one per offline method."""
+    out = {}
+    for name in OFFLINE_METHODS:
+        out[name] = tmp_path_factory.mktemp(f"reference-{name}")
+        run(offline_job(name), out[name])
+    return out
+
+
+def interrupt_offline_at(patch: pytest.MonkeyPatch, name: str, unit: int, action) -> None:  # noqa: ANN001
+    """Run ``action`` at the start of the ``unit``-th unit of offline work: a meta step, or (CMA-ES)
+    a candidate's partial training, counting x0 as the first."""
+    from adalfl.methods import metalearning, taylorglo
+
+    calls = {"n": 0}
+    if name == "taylorglo-cmaes":
+        original_call = taylorglo.PartialTraining.__call__
+
+        def candidate(self, loss):  # noqa: ANN001, ANN202
+            calls["n"] += 1
+            if calls["n"] == unit:
+                action()
+            return original_call(self, loss)
+
+        patch.setattr(taylorglo.PartialTraining, "__call__", candidate)
+        return
+    original_step = metalearning.meta_step
+
+    def step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == unit:
+            action()
+        return original_step(*args, **kwargs)
+
+    patch.setattr(metalearning, "meta_step", step)
+
+
+def _raise_crash() -> None:
+    raise Crash("crash in the offline phase")
+
+
+@pytest.mark.parametrize("name", list(OFFLINE_METHODS))
+def test_offline_phase_crash_resumes_from_its_last_checkpoint(name: str, offline_references, tmp_path, caplog) -> None:
+    """A failure (or SIGKILL) in the middle of an offline phase loses at most one checkpoint interval:
+    the rerun goes on from the last offline checkpoint and ends as the uninterrupted run."""
+    unit = 7 if name == "taylorglo-cmaes" else 25  # mid generation 2 / between the checkpoints at 20 and 30
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_offline_at(patch, name, unit, _raise_crash)
+        with pytest.raises(Crash):
+            run(offline_job(name), tmp_path)
+    state = ckpt.Checkpointer(tmp_path).load()
+    assert state is not None and not state["progress"]["offline_done"]
+    method_state = state["method"]
+    if name == "taylorglo-cmaes":
+        search = method_state["search"]["cmaes"]
+        assert search["generation"] == 1 and search["values"] == []  # checkpointed after generation 1
+    else:
+        offline = method_state["search"]["gradient"] if name.startswith("taylorglo") else (
+            method_state["search"] if name == "ml3" else method_state["offline"])
+        assert offline["step"] == 20
+    with caplog.at_level(logging.INFO, logger="adalfl"):
+        run(offline_job(name), tmp_path)
+    assert "at the offline phase" in caplog.text
+    assert_same_as(offline_references[name], tmp_path)
+    wall = read_result(tmp_path)["wall_time_s"]
+    assert wall["total"] >= wall["offline"] + wall["train"] + wall["eval"] - 1e-6  # summed over both attempts
+
+
+@pytest.mark.parametrize("name", ["adalfl", "taylorglo-cmaes"])
+def test_sigterm_in_an_offline_phase_checkpoints_at_once(name: str, offline_references, tmp_path) -> None:
+    """SIGTERM mid-phase: the job checkpoints after the current meta step, or abandons the current
+    CMA-ES candidate (redone on resume), and stops; with checkpoint.every far away, the checkpoint
+    can only come from the signal. The rerun ends as the uninterrupted run."""
+    unit = 6 if name == "taylorglo-cmaes" else 13
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_offline_at(patch, name, unit, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        with pytest.raises(SystemExit) as stopped:
+            run(offline_job(name, "checkpoint.every=1000"), tmp_path)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert read_result(tmp_path)["status"] == "interrupted"
+    state = ckpt.Checkpointer(tmp_path).load()
+    assert state is not None and not state["progress"]["offline_done"]
+    if name == "taylorglo-cmaes":
+        search = state["method"]["search"]["cmaes"]
+        # x0 and 4 candidates of generation 1 scored; the 6th evaluation (generation 2's first) was abandoned
+        assert search["generation"] == 1 and len(search["candidates"]) == 4 and search["values"] == []
+    else:
+        assert state["method"]["offline"]["step"] == 13  # the step under way when the signal came
+    run(offline_job(name), tmp_path)
+    assert_same_as(offline_references[name], tmp_path)
+
+
+def test_phase_timer_carries_times_across_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adalfl import utils
+
+    now = {"t": 0.0}
+    monkeypatch.setattr(utils.time, "perf_counter", lambda: now["t"])
+    first = utils.PhaseTimer()
+    with first.phase("offline"):
+        now["t"] = 5.0
+        saved = first.state_dict()  # a checkpoint in the middle of the phase
+    assert saved == {"totals": {"offline": 5.0}, "total": 5.0}
+    now["t"] = 100.0  # the next attempt starts later; what the first did after its checkpoint is redone
+    second = utils.PhaseTimer()
+    second.load_state_dict(saved)
+    with second.phase("offline"):
+        now["t"] = 102.0
+    now["t"] = 103.0
+    assert second.totals == {"offline": 7.0} and second.total() == 8.0
+
+
+def test_sigkill_in_the_offline_phase_then_restart_gives_identical_metrics(tmp_path: Path) -> None:
+    """A real process killed without warning in the middle of Algorithm 1, then started again."""
+    job = ["dataset=digits", "method=adalfl", "logger=none", "progress=false", "threads=1", "model.widths=[32,32]",
+           "dataset.steps=20", "dataset.eval_interval=10", "offline.steps=400", "checkpoint.every=50"]  # fmt: skip
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    run_main([*job, f"hydra.run.dir={reference}"])
+    child = start_main([*job, f"hydra.run.dir={killed}"], tmp_path / "killed.log")
+    deadline = time.monotonic() + 120
+    metrics = killed / "metrics.jsonl"
+    try:
+        while time.monotonic() < deadline and child.poll() is None:  # past the checkpoint at meta step 100
+            if metrics.exists() and '"phase": "offline", "step": 130,' in metrics.read_text():
+                break
+            time.sleep(0.02)
+        assert child.poll() is None, "the job finished before it could be killed; raise offline.steps"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert not (killed / "result.json").exists()
+    assert not ckpt.Checkpointer(killed).load()["progress"]["offline_done"]
+    proc = run_main([*job, f"hydra.run.dir={killed}"])
+    assert "at the offline phase" in proc.stdout + proc.stderr + (killed / "main.log").read_text()
+    assert read_metrics(killed) == read_metrics(reference)
+    assert result_metrics(killed) == result_metrics(reference)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import traceback
 from functools import partial
 from pathlib import Path
@@ -20,13 +19,18 @@ from torch import nn
 
 from adalfl.config import ConfigError, model_name, validate
 from adalfl.cpu_memory import configure_cpu_memory
-from adalfl.data import BatchSampler, DataNotFoundError, load_data
+from adalfl.data import BatchSampler, Data, DataNotFoundError, load_data
 from adalfl.losses import Task
 from adalfl.methods.base import Method
 from adalfl.sweep.threads import configure_threads
 from adalfl.track.metrics import Tracker
 from adalfl.track.plots import learning_curves
 from adalfl.track.wandb_logger import WandbLogger
+from adalfl.train.checkpoint import Checkpointer
+from adalfl.train.folder import (
+    ConfigMismatch, FolderInUse, config_identity, differences, fingerprint, folder_lock, legacy_differences,
+    mismatch_message, recorded_identity, set_aside,
+)
 from adalfl.train.job import Job
 from adalfl.train.loop import fit
 from adalfl.train.preemption import deferred_stop_signals
@@ -36,7 +40,7 @@ log = logging.getLogger("adalfl")
 
 RESULT_FILE = "result.json"
 # Problems the user fixes with a different command, reported in one line by main.py.
-USER_ERRORS = (ConfigError, DataNotFoundError)
+USER_ERRORS = (ConfigError, DataNotFoundError, ConfigMismatch, FolderInUse)
 
 
 def output_dir() -> Path:
@@ -57,15 +61,71 @@ def read_result(out_dir: Path) -> dict | None:
 
 
 def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
-    """Run one job; returns its final test metric (for sweepers). Raises after recording a failure."""
+    """Run one job; returns its final test metric (for sweepers). Raises after recording a failure.
+
+    The job owns its folder for its whole life (one writer; FolderInUse otherwise), and only reuses
+    what the folder holds (a finished result, a checkpoint) when it was made with the same config
+    (ConfigMismatch otherwise, before anything is written)."""
     out_dir = out_dir or output_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out_dir):
+        identity = config_identity(cfg)
+        finished = claim_folder(cfg, out_dir, identity)
+        if finished is not None:
+            return finished
+        return _run_claimed(cfg, out_dir, identity)
+
+
+def claim_folder(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> float | None:
+    """Decide what this job does with what its folder holds, before anything is written.
+
+    Only two things are ever reused: a finished result (the job is skipped) and a checkpoint (the
+    job resumes). Either is used only if it was made with the same config; one of another config
+    is refused (ConfigMismatch), never reused or overwritten. ``restart=true`` moves a finished job,
+    or one of another config, to replaced/ and starts over; an unfinished job of the same config
+    resumes even then (so a requeued ``restart=true`` job does not start over each time).
+    Returns the previous test metric when the job is skipped, else None (run it).
+    """
+    restart = bool(cfg.get("restart", False))
     previous = read_result(out_dir)
     if previous is not None and previous.get("status") == "done":
-        log.info("%s already holds a finished result; skipping (delete it to rerun)", out_dir / RESULT_FILE)
+        what, recorded = "a finished job", previous
+    elif _has_checkpoint(out_dir):
+        recorded = Checkpointer(out_dir).load()  # damaged files are moved aside here, as on resume
+        what = f"a checkpoint (step {(recorded or {}).get('progress', {}).get('step', '?')})"
+    else:
+        return None  # nothing to reuse: a fresh job (a failed record without a checkpoint is replaced)
+    diffs = _identity_differences(out_dir, recorded, identity)
+    finished = what == "a finished job"
+    if restart and (diffs or finished):
+        aside = set_aside(out_dir)
+        log.warning("restart=true: the previous job in %s was moved to %s", out_dir, aside.relative_to(out_dir))
+        return None
+    if diffs:
+        raise ConfigMismatch(mismatch_message(out_dir, what, diffs))
+    if finished:
+        log.info("%s already holds a finished result of this config; skipping (restart=true reruns it)",
+                 out_dir / RESULT_FILE)
         return float(previous["test_metric"])
+    return None
 
-    started = time.perf_counter()
+
+def _identity_differences(out_dir: Path, recorded: dict | None, identity: dict[str, Any]) -> list[str]:
+    """The keys on which a result or checkpoint differs from this job's config. Records written
+    before identities existed are compared with the folder's config_resolved.yaml on shared keys."""
+    if recorded is None:
+        return []
+    if isinstance(recorded.get("config_identity"), dict):
+        return differences(recorded["config_identity"], identity)
+    legacy = recorded_identity(out_dir)
+    return legacy_differences(legacy, identity) if legacy is not None else []
+
+
+def _has_checkpoint(out_dir: Path) -> bool:
+    ckpt = Checkpointer(out_dir)
+    return ckpt.path.exists() or ckpt.previous.exists()
+
+
+def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> float:
     timer = PhaseTimer()
     task = Task(str(cfg.dataset.task), int(cfg.dataset.num_outputs))
     record: dict[str, Any] = {
@@ -78,11 +138,16 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
         "metric_name": task.metric_name,
         "versions": versions(),
         "git_commit": git_commit(),
+        "config_fingerprint": fingerprint(identity),
+        "config_identity": identity,
+        "overrides": _task_overrides(),
     }
     wandb: WandbLogger | None = None
     tracker: Tracker | None = None
+    method: Method | None = None
     try:
         validate(cfg)
+        method = build_method(cfg)  # a bad method value fails here, before any data is loaded
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
         launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
         record["threads"] = configure_threads(cfg.threads, launcher)
@@ -94,7 +159,6 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
         tracker = Tracker(out_dir)
         job, model = build_job(cfg, out_dir, device, tracker, timer)  # missing data fails here, before W&B
         wandb = tracker.wandb = WandbLogger(cfg, out_dir)
-        method = build_method(cfg)
         with deferred_stop_signals():  # Slurm's time-limit/preemption warning: checkpoint, then stop
             progress = fit(job, model, method)
         curves = learning_curves(tracker, task.metric_name, out_dir / "learning_curves.png", job.title)
@@ -118,9 +182,11 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
             error=f"{type(err).__name__}: {err}",
             traceback=traceback.format_exc(),
         )
+        if method is not None:
+            record.update(_safe_summary(method))  # the learned loss's last health and dead-loss count
         raise
     finally:
-        record["wall_time_s"] = {**timer.totals, "total": time.perf_counter() - started}
+        record["wall_time_s"] = {**timer.snapshot(), "total": timer.total()}  # over every attempt
         atomic_write_json(out_dir / RESULT_FILE, record)
         if tracker is not None:
             tracker.close()
@@ -135,12 +201,28 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float:
     return float(record["test_metric"])
 
 
+def _safe_summary(method: Method) -> dict:
+    try:
+        return method.summary()
+    except Exception:  # noqa: BLE001 - a method that failed early may have nothing to summarise
+        return {}
+
+
+def _task_overrides() -> list[str] | None:
+    """The job's command-line overrides (what the sweep report groups by), kept in result.json
+    because Hydra rewrites .hydra/overrides.yaml on every start, even one that is then refused."""
+    if not HydraConfig.initialized():
+        return None
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
 def build_job(
     cfg: DictConfig, out_dir: Path, device: torch.device, tracker: Tracker, timer: PhaseTimer | None = None
 ) -> tuple[Job, nn.Module]:
     """Seed, load the data and build the job's model (theta_0) and shared services."""
     seed_everything(int(cfg.seed))
     data = load_data(cfg.dataset, device)
+    check_batch_size(cfg, data)
     data.channels_last = _channels_last(cfg)
     build_model = partial(_build_model, cfg, device)
     model = build_model()  # built before any offline phase: every method starts from the same theta_0
@@ -159,6 +241,19 @@ def build_job(
         log=log,
     )
     return job, model
+
+
+def check_batch_size(cfg: DictConfig, data: Data) -> None:
+    """A batch larger than the training split cannot be drawn: refuse it rather than silently train
+    on smaller batches than asked. Validation batches (for meta steps) are capped at the validation
+    split, which is often smaller than a batch on the small tabular sets: that is logged."""
+    size, train, val = int(cfg.dataset.batch_size), len(data.train), len(data.val)
+    if size > train:
+        raise ConfigError(f"dataset.batch_size={size} is larger than the training split of {cfg.dataset.name} "
+                          f"({train} examples); use at most {train}")
+    if size > val:
+        log.info("dataset.batch_size=%d exceeds the validation split (%d examples): validation batches use it whole",
+                 size, val)
 
 
 def build_method(cfg: DictConfig) -> Method:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -84,6 +85,9 @@ class LoggerConfig:
     project: str = "adalfl"
     entity: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+    # Seconds wandb.init may take before the job goes on without W&B (W&B's own default is 90;
+    # an unreachable server or a rejected key then cost a minute and more per job).
+    init_timeout: float = 15.0
 
 
 @dataclass
@@ -131,6 +135,9 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     threads: str = "auto"  # PyTorch threads per job: auto (see adalfl.sweep.threads) or a count
     cpu_memory: str = "reuse"  # reuse | system: glibc keeps freed memory for reuse (adalfl.cpu_memory)
+    # true: a job folder holding a finished job, or a job of another config, has it moved to
+    # replaced/<time>/ and the job starts over (adalfl.train.folder); otherwise it changes nothing.
+    restart: bool = False
 
 
 def register_configs() -> None:
@@ -160,8 +167,29 @@ def _positive(value: Any, key: str) -> None:
         raise ConfigError(f"{key} must be positive, got {value!r}")
 
 
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device(name: str) -> None:
+    """Refuse a device this machine cannot give, naming the allowed values."""
+    if not DEVICE_PATTERN.match(name):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    import torch
+
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={name}: torch sees no CUDA device on this machine; use device=auto or device=cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= count:
+            raise ConfigError(f"device={name}: torch sees {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps: this machine has no usable MPS device; use device=auto or device=cpu")
+
+
 def validate(cfg: DictConfig) -> None:
     """Refuse values that type-check but cannot train, before any compute."""
+    check_device(str(cfg.device))
     _positive(cfg.optimizer.lr, "optimizer.lr")
     _positive(cfg.dataset.steps, "dataset.steps")
     _positive(cfg.dataset.batch_size, "dataset.batch_size")
@@ -175,12 +203,19 @@ def validate(cfg: DictConfig) -> None:
     for key in ("momentum", "weight_decay", "dampening"):
         if cfg.optimizer[key] < 0:
             raise ConfigError(f"optimizer.{key} must be >= 0, got {cfg.optimizer[key]!r}")
+    # A momentum of 1 or more never forgets a gradient: the step grows without bound.
+    if not cfg.optimizer.momentum < 1:
+        raise ConfigError(f"optimizer.momentum must be in [0, 1), got {cfg.optimizer.momentum!r}")
+    if not cfg.optimizer.dampening <= 1:
+        raise ConfigError(f"optimizer.dampening must be in [0, 1], got {cfg.optimizer.dampening!r}")
     if cfg.optimizer.nesterov and (cfg.optimizer.momentum <= 0 or cfg.optimizer.dampening != 0):
         raise ConfigError("optimizer.nesterov needs optimizer.momentum > 0 and optimizer.dampening = 0")
     if not 0 < cfg.dataset.val_fraction < 1:
         raise ConfigError(f"dataset.val_fraction must be in (0, 1), got {cfg.dataset.val_fraction!r}")
     if cfg.dataset.task not in ("classification", "regression"):
         raise ConfigError(f"dataset.task must be 'classification' or 'regression', got {cfg.dataset.task!r}")
+    if not cfg.logger.init_timeout > 0:
+        raise ConfigError(f"logger.init_timeout must be positive (seconds), got {cfg.logger.init_timeout!r}")
     if cfg.logger.mode not in ("online", "offline", "disabled"):
         raise ConfigError(f"logger.mode must be online, offline or disabled, got {cfg.logger.mode!r}")
     if cfg.checkpoint.every < 0:

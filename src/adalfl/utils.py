@@ -26,13 +26,13 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; an explicit CUDA device that is absent is an error."""
+    """``auto`` picks CUDA when present, else CPU; a device this machine lacks is a ConfigError."""
+    from adalfl.config import check_device
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} asked for CUDA, but torch sees no CUDA device; use device=auto or cpu")
-    return device
+    check_device(name)
+    return torch.device(name)
 
 
 def versions() -> dict[str, str]:
@@ -90,15 +90,43 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 class PhaseTimer:
-    """Accumulates wall time per named phase (offline meta-learning, training, evaluation)."""
+    """Accumulates wall time per named phase (offline meta-learning, training, evaluation), and the
+    job's total across attempts: a resumed job carries the times its checkpoint recorded."""
 
     def __init__(self, totals: dict[str, float] | None = None) -> None:
         self.totals: dict[str, float] = dict(totals or {})
+        self.started = time.perf_counter()  # this attempt
+        self.carried = 0.0  # total of earlier attempts, up to the checkpoint this one resumed from
+        self._running: dict[str, float] = {}
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
+        self._running[name] = start
         try:
             yield
         finally:
+            del self._running[name]
             self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+
+    def snapshot(self) -> dict[str, float]:
+        """Totals so far, including the time spent in phases still running (for a checkpoint
+        written in the middle of one, e.g. an offline phase)."""
+        now = time.perf_counter()
+        out = dict(self.totals)
+        for name, start in self._running.items():
+            out[name] = out.get(name, 0.0) + now - start
+        return out
+
+    def total(self) -> float:
+        """Wall time of this job over all its attempts (each up to the checkpoint the next resumed from)."""
+        return self.carried + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"totals": self.snapshot(), "total": self.total()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint's times. Phases running now keep their own start; the checkpoint's
+        time in them was spent before, so it is simply carried in the totals."""
+        self.totals = dict(state["totals"])
+        self.carried = float(state["total"])

@@ -135,6 +135,12 @@ def _open(cfg: DictConfig, title: str, folder: str, make: Callable[[str, bool], 
     except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found or corrupted"; urllib: offline
         reason = f"download failed: {err}" if cfg.download else "torchvision found no complete, uncorrupted copy"
         raise not_found(cfg, title, root / folder, reason) from err
+    except (AssertionError, ValueError, EOFError, IndexError) as err:
+        # A file that exists but does not parse (torchvision's idx reader asserts on its header,
+        # often with an empty message): the same clear data error as a missing file.
+        detail = f"{type(err).__name__}{': ' + str(err) if str(err) else ''}"
+        raise not_found(cfg, title, root / folder, f"torchvision could not parse its files ({detail}): "
+                        "damaged or of another format; delete them and fetch again") from err
     return train, test
 
 

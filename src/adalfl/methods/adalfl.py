@@ -13,8 +13,8 @@ from adalfl.config import MethodConfig
 from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
 from adalfl.methods.base import Method, Moment, Stats
-from adalfl.methods.learned_loss import LossNetConfig, LossWatcher
-from adalfl.methods.metalearning import OnlineMetaConfig, OnlineMetaStep, offline_meta_training
+from adalfl.methods.learned_loss import DeadLossConfig, DeadLossMonitor, LossNetConfig, LossWatcher
+from adalfl.methods.metalearning import OfflineMetaTraining, OnlineMetaConfig, OnlineMetaStep
 from adalfl.train.job import Job
 
 
@@ -25,21 +25,27 @@ class AdaLFLConfig(MethodConfig):
     loss: LossNetConfig = field(default_factory=LossNetConfig)
     meta: OnlineMetaConfig = field(default_factory=OnlineMetaConfig)
     plot_every: int = 0  # base steps between learned-loss plots (0: a quarter of dataset.steps); also start and end
+    dead_loss: DeadLossConfig = field(default_factory=DeadLossConfig)
 
 
 CONFIG_SCHEMA = AdaLFLConfig
 
 
 class AdaLFL(Method):
-    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0) -> None:
+    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0, dead_loss: dict | None = None) -> None:
         super().__init__(name)
         self.loss_cfg = LossNetConfig(**loss)
+        self.loss_cfg.check()
         self.meta_cfg = OnlineMetaConfig(**meta)
         self.meta_cfg.check()
         self.engine = make_engine(self.meta_cfg.backend)
         self.watcher = LossWatcher(plot_every)
         self.loss: OutputWiseLoss | None = None
         self.online: OnlineMetaStep | None = None
+        self.offline_run = OfflineMetaTraining()  # Algorithm 1's progress, checkpointed with the method
+        dead = DeadLossConfig(**(dead_loss or {}))
+        dead.check()
+        self.monitor = DeadLossMonitor(dead, f"Lower method.meta.online_lr ({self.meta_cfg.online_lr:g}) or optimizer.lr")
 
     def setup(self, job: Job, model: nn.Module) -> None:
         self.loss = self.loss_cfg.build(job.task, job.device)
@@ -52,7 +58,7 @@ class AdaLFL(Method):
 
     def offline(self, job: Job, model: nn.Module) -> None:
         assert self.loss is not None
-        offline_meta_training(
+        self.offline_run.run(
             job, self.engine, list(self.loss.parameters()), self.loss, self.meta_cfg.init_steps, self.meta_cfg.init_lr
         )
 
@@ -63,16 +69,24 @@ class AdaLFL(Method):
     def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
         assert self.loss is not None
         self.watcher.observe(job, self.loss, step, moment)
+        self.monitor.note_health(step, self.watcher.health, frozen=False)  # the meta step may still revive it
+
+    def check(self, job: Job, step: int, record: dict) -> None:
+        if "train/base_grad_norm" in record:
+            self.monitor.note_gradient(step, record["train/base_grad_norm"])
 
     def summary(self) -> dict:
-        return self.watcher.summary()
+        return {**self.watcher.summary(), **self.monitor.summary()}
 
     def state_dict(self) -> dict:
         assert self.loss is not None and self.online is not None
-        return {"loss": self.loss.state_dict(), "online": self.online.state_dict(), "watcher": self.watcher.state_dict()}
+        return {"loss": self.loss.state_dict(), "online": self.online.state_dict(), "watcher": self.watcher.state_dict(),
+                "offline": self.offline_run.state_dict(), "dead_loss": self.monitor.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         assert self.loss is not None and self.online is not None
         self.loss.load_state_dict(state["loss"])
         self.online.load_state_dict(state["online"])
         self.watcher.load_state_dict(state["watcher"])
+        self.offline_run.load_state_dict(state.get("offline"))
+        self.monitor.load_state_dict(state.get("dead_loss"))

@@ -41,6 +41,10 @@ class Method:
     def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
         """Called at the start of training, at every evaluation and at the end: plots, saved state."""
 
+    def check(self, job: Job, step: int, record: dict) -> None:
+        """Called with every logged training record; raise to fail the job (e.g. a learned loss
+        that no longer gives the model any gradient)."""
+
     def summary(self) -> dict:
         """Final facts about the method for result.json (e.g. the learned loss's health)."""
         return {}
@@ -66,8 +70,12 @@ class FixedLossMethod(Method):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        stats = {"train/base_loss": loss.detach()}
+        stats: Stats = {"train/base_loss": loss.detach()}
         stats["train/task_loss"] = job.task.loss(output.detach(), y) if self.learned else stats["train/base_loss"]
+        if self.learned:  # watched for a dead loss; the gradients stay in .grad until the next step
+            params = [p for p in model.parameters() if p.grad is not None]
+            stats["train/base_grad_norm"] = lambda: torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
         return stats
 
     @property

@@ -10,12 +10,16 @@ from typing import List
 import torch
 from torch import nn
 
+from adalfl.config import ConfigError
 from adalfl.losses import Task
-from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
+from adalfl.losses.learned import INITS, REDUCTIONS, OutputWiseLoss, PointwiseNetwork
 from adalfl.methods.base import FixedLossMethod, Moment
 from adalfl.track.plots import learned_loss as plot_learned_loss
 from adalfl.train.job import Job
 from adalfl.utils import atomic_write_json
+
+
+ACTIVATIONS = ("smooth_leaky_relu", "relu", "softplus", "none")  # adalfl.losses.learned._activation
 
 
 @dataclass
@@ -33,6 +37,22 @@ class LossNetConfig:
     bias: bool = False
     reduction: str = "mean"  # over outputs: mean (paper) | sum (author's EvoMAL code)
     task_loss_term: bool = False  # M = L_T + l_phi (the author's later loss networks)
+
+    def check(self, key: str = "method.loss") -> None:
+        """Refuse unusable values at start-up, naming the key and the allowed values (the network
+        itself is built only after the data is loaded)."""
+        for name in ("activation", "output_activation"):
+            value = getattr(self, name)
+            if value not in ACTIVATIONS:
+                raise ConfigError(f"{key}.{name} must be one of {list(ACTIVATIONS)}, got {value!r}")
+        if not self.hidden or any(int(w) <= 0 for w in self.hidden):
+            raise ConfigError(f"{key}.hidden must list at least one positive layer width, e.g. [40, 40]; got {list(self.hidden)}")
+        if self.init not in INITS:
+            raise ConfigError(f"{key}.init must be one of {list(INITS)}, got {self.init!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ConfigError(f"{key}.reduction must be one of {list(REDUCTIONS)}, got {self.reduction!r}")
+        if not self.beta > 0 or not 0 <= self.gamma < 1:
+            raise ConfigError(f"{key}.beta must be > 0 and {key}.gamma in [0, 1), got beta={self.beta}, gamma={self.gamma}")
 
     def build(self, task: Task, device: torch.device) -> OutputWiseLoss:
         pointwise = PointwiseNetwork(
@@ -107,6 +127,78 @@ def health_warning(health: dict[str, float]) -> str | None:
         return (f"the learned loss charges nothing for {100 * health['free_wrong']:.0f}% of confident wrong "
                 f"predictions (flat fraction {health.get('flat_t0', 0.0):.2f} for a wrong class, scale {health['scale']:.3g})")
     return None
+
+
+DEAD_SCALE = 1e-12  # a loss whose values over the whole prediction grid span less than this is constant
+
+
+class DeadLossError(RuntimeError):
+    """The learned loss stopped giving the model any gradient: training has stopped, so the job fails."""
+
+
+@dataclass
+class DeadLossConfig:
+    """``method.dead_loss``: when a learned loss counts as dead. A logged step whose base gradient
+    norm is at most ``grad_norm`` gives the model nothing (a healthy run's norms are many orders of
+    magnitude above: 0.28 to 1.17 on Digits, against at most 3.9e-12 once dead), and an evaluation
+    where ``loss_health``'s scale is ~0 finds the loss constant everywhere. ``patience`` such
+    observations in a row fail the job; fewer are counted in result.json (``dead_loss``)."""
+
+    grad_norm: float = 1e-8
+    patience: int = 10  # consecutive logged steps; 0: never fail, only count
+
+    def check(self, key: str = "method.dead_loss") -> None:
+        if not self.grad_norm >= 0 or self.patience < 0:
+            raise ConfigError(f"{key}.grad_norm and {key}.patience must be >= 0, got {self.grad_norm}, {self.patience}")
+
+
+class DeadLossMonitor:
+    """Counts consecutive dead observations of a learned loss and fails the job after ``patience``."""
+
+    def __init__(self, cfg: DeadLossConfig, hint: str) -> None:
+        self.cfg = cfg
+        self.hint = hint  # what the user may change, for the error message
+        self.run: list[int] = []  # steps of the current run of dead observations
+        self.dead_steps = 0  # logged steps without gradient, over the whole job
+        self.longest = 0
+
+    def note_gradient(self, step: int, norm: float) -> None:
+        if norm > self.cfg.grad_norm:
+            self.run = []
+            return
+        self.dead_steps += 1
+        self._dead(step, f"base gradient norm {norm:.3g} <= {self.cfg.grad_norm:g}")
+
+    def note_health(self, step: int, health: dict[str, float], frozen: bool) -> None:
+        """An evaluation's ``loss_health``: a constant loss is a dead observation; a frozen loss
+        (ML3, TaylorGLO after their search) can never recover from it, so that fails at once."""
+        scale = health.get("scale", math.inf)
+        if scale > DEAD_SCALE:
+            return
+        reason = f"the loss is constant over every prediction (loss_health scale {scale:.3g})"
+        if frozen and self.cfg.patience > 0:
+            raise DeadLossError(f"the learned loss is dead at step {step}: {reason}. {self.hint}")
+        self._dead(step, reason)
+
+    def _dead(self, step: int, reason: str) -> None:
+        self.run.append(step)
+        self.longest = max(self.longest, len(self.run))
+        if 0 < self.cfg.patience <= len(self.run):
+            raise DeadLossError(
+                f"the learned loss is dead: {reason}, and no gradient for {len(self.run)} logged steps in a row "
+                f"(steps {self.run[0]}-{self.run[-1]}); the model has stopped training. {self.hint}; "
+                f"method.dead_loss.patience=0 only counts such steps"
+            )
+
+    def summary(self) -> dict:
+        return {"dead_loss": {"dead_logged_steps": self.dead_steps, "longest_run": self.longest}}
+
+    def state_dict(self) -> dict:
+        return {"run": list(self.run), "dead_steps": self.dead_steps, "longest": self.longest}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state:
+            self.run, self.dead_steps, self.longest = list(state["run"]), int(state["dead_steps"]), int(state["longest"])
 
 
 class LossWatcher:
@@ -184,32 +276,51 @@ class OfflineLearnedLoss(FixedLossMethod):
     (``requires_grad=False``) once learned, so base steps never accumulate gradients into it.
     """
 
-    def __init__(self, name: str, plot_every: int = 0) -> None:
+    def __init__(self, name: str, plot_every: int = 0, dead_loss: dict | None = None, hint: str = "") -> None:
         super().__init__(name)
         self.watcher = LossWatcher(plot_every)
         self.loss: OutputWiseLoss | None = None
+        self.searched = False  # the offline search is over and the loss frozen
+        self.before: dict | None = None  # the loss's shape before the search (kept for a resumed search's plot)
+        dead = DeadLossConfig(**(dead_loss or {}))
+        dead.check()
+        self.monitor = DeadLossMonitor(dead, hint or "The offline search gave a loss that cannot train")
 
     def build_loss(self, job: Job) -> OutputWiseLoss:
         raise NotImplementedError
 
     def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
-        """Learn the loss in place. Returns a short description for the offline plot's title and
-        the length of the search (offline steps or generations) to label the learned curve."""
+        """Learn the loss in place, going on from ``load_search_state_dict``'s state if the job
+        resumed in the middle. Returns a short description for the offline plot's title and the
+        length of the search (offline steps or generations) to label the learned curve."""
         raise NotImplementedError
+
+    def search_state_dict(self) -> dict:
+        """The search's progress, for a checkpoint written in the middle of it."""
+        return {}
+
+    def load_search_state_dict(self, state: dict | None) -> None:
+        del state
 
     def setup(self, job: Job, model: nn.Module) -> None:
         self.loss = self.build_loss(job)
 
     def offline(self, job: Job, model: nn.Module) -> None:
         assert self.loss is not None
-        before = loss_curves(self.loss, job.task, 0)
+        if self.before is None:
+            self.before = loss_curves(self.loss, job.task, 0)
         description, length = self.search(job, self.loss)
         after = loss_curves(self.loss, job.task, length)
-        plot_offline_phase(job, self.loss, before, after, description)
+        plot_offline_phase(job, self.loss, self.before, after, description)
         self.freeze()
+        self.searched = True
 
     def summary(self) -> dict:
-        return self.watcher.summary()
+        return {**self.watcher.summary(), **self.monitor.summary()}
+
+    def check(self, job: Job, step: int, record: dict) -> None:
+        if "train/base_grad_norm" in record:
+            self.monitor.note_gradient(step, record["train/base_grad_norm"])
 
     def freeze(self) -> None:
         assert self.loss is not None
@@ -222,13 +333,21 @@ class OfflineLearnedLoss(FixedLossMethod):
     def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
         assert self.loss is not None
         self.watcher.observe(job, self.loss, step, moment)
+        self.monitor.note_health(step, self.watcher.health, frozen=True)
 
     def state_dict(self) -> dict:
         assert self.loss is not None
-        return {"loss": self.loss.state_dict(), "watcher": self.watcher.state_dict()}
+        return {"loss": self.loss.state_dict(), "watcher": self.watcher.state_dict(), "searched": self.searched,
+                "before": self.before, "search": self.search_state_dict(), "dead_loss": self.monitor.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         assert self.loss is not None
         self.loss.load_state_dict(state["loss"])
         self.watcher.load_state_dict(state["watcher"])
-        self.freeze()  # a checkpoint is only ever written after the offline phase
+        self.before = state.get("before")
+        self.load_search_state_dict(state.get("search"))
+        self.monitor.load_state_dict(state.get("dead_loss"))
+        # Checkpoints without the flag were only ever written after the search.
+        self.searched = bool(state.get("searched", True))
+        if self.searched:
+            self.freeze()

@@ -97,6 +97,81 @@ def apply_meta_gradient(meta_optimizer: torch.optim.Optimizer, meta_params: Sequ
     return True
 
 
+class OfflineMetaTraining:
+    """Algorithm 1 (loss) / 3 (learning rate) as a resumable loop.
+
+    Its position (the meta step reached), Adam's state and the count of skipped steps belong to
+    the method's checkpoint (``state_dict``); the loop writes that checkpoint every
+    ``checkpoint.every`` meta steps and at once on a stop signal (``Job.offline_boundary``). With the
+    RNG streams and batch samplers the checkpoint also restores, a preempted phase ends exactly as
+    an uninterrupted one.
+    """
+
+    def __init__(self) -> None:
+        self.step = 0  # meta steps done
+        self.skipped = 0  # of those, skipped for a non-finite meta-gradient
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+        self._restored_optimizer: dict | None = None
+
+    def run(
+        self,
+        job: Job,
+        engine: MetaEngine,
+        meta_params: Sequence[torch.Tensor],
+        loss_fn: LossFn,
+        steps: int,
+        adam_lr: float,
+        lr_fn: Optional[LrFn] = None,
+        extra_scalars: Optional[Callable[[], dict[str, torch.Tensor]]] = None,
+    ) -> int:
+        """Run (or go on with) the phase up to ``steps`` meta steps. Returns the number of skipped steps."""
+        if steps <= 0:
+            return 0
+        self.meta_optimizer = meta_adam(meta_params, adam_lr)
+        if self._restored_optimizer is not None:
+            self.meta_optimizer.load_state_dict(self._restored_optimizer)
+            self._restored_optimizer = None
+        if self.step == 0:
+            scratch = job.build_model()  # the job's own theta_0 stays untouched by the offline phase
+        else:
+            # Resumed: the restored RNG streams already stand after this draw; re-initialised every step anyway.
+            with torch.random.fork_rng(devices=[]):
+                scratch = job.build_model()
+        scratch.train()
+        log_every = int(job.cfg.dataset.log_interval)
+        every = int(job.cfg.checkpoint.every)
+        for step in range(self.step + 1, steps + 1):
+            reset_parameters(scratch)
+            optimizer, _ = job.build_optimizer(list(scratch.parameters()))  # fresh state: no momentum yet
+            result = meta_step(engine, job, scratch, optimizer, loss_fn, meta_params, lr_fn)
+            if not apply_meta_gradient(self.meta_optimizer, meta_params, result.meta_grads):
+                self.skipped += 1
+            self.step = step
+            if step % log_every == 0 or step == steps:
+                scalars = {"offline/meta_loss": result.meta_loss, "offline/base_loss": result.base_loss,
+                           "offline/meta_grad_norm": total_norm(result.meta_grads),
+                           "offline/skipped_meta_steps": self.skipped}
+                if extra_scalars is not None:
+                    scalars.update(extra_scalars())
+                job.tracker.log("offline", step, scalars)
+            # The loop checkpoints right after the phase, so the last step needs none of its own.
+            job.offline_boundary(due=every > 0 and step % every == 0 and step < steps)
+        if self.skipped:
+            job.log.warning("offline phase: %d of %d meta steps skipped (non-finite meta-gradient)", self.skipped, steps)
+        return self.skipped
+
+    def state_dict(self) -> dict:
+        optimizer = self.meta_optimizer.state_dict() if self.meta_optimizer is not None else self._restored_optimizer
+        return {"step": self.step, "skipped": self.skipped, "meta_optimizer": optimizer}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """``None``: a checkpoint written before offline phases were resumable (always after them)."""
+        if state is None:
+            return
+        self.step, self.skipped = int(state["step"]), int(state["skipped"])
+        self._restored_optimizer = state["meta_optimizer"]
+
+
 def offline_meta_training(
     job: Job,
     engine: MetaEngine,
@@ -107,29 +182,8 @@ def offline_meta_training(
     lr_fn: Optional[LrFn] = None,
     extra_scalars: Optional[Callable[[], dict[str, torch.Tensor]]] = None,
 ) -> int:
-    """Algorithm 1 (loss) / 3 (learning rate). Returns the number of skipped non-finite steps."""
-    if steps <= 0:
-        return 0
-    meta_optimizer = meta_adam(meta_params, adam_lr)
-    scratch = job.build_model()  # the job's own theta_0 stays untouched by the offline phase
-    scratch.train()
-    log_every = int(job.cfg.dataset.log_interval)
-    skipped = 0
-    for step in range(1, steps + 1):
-        reset_parameters(scratch)
-        optimizer, _ = job.build_optimizer(list(scratch.parameters()))  # fresh state: no momentum yet
-        result = meta_step(engine, job, scratch, optimizer, loss_fn, meta_params, lr_fn)
-        if not apply_meta_gradient(meta_optimizer, meta_params, result.meta_grads):
-            skipped += 1
-        if step % log_every == 0 or step == steps:
-            scalars = {"offline/meta_loss": result.meta_loss, "offline/base_loss": result.base_loss,
-                       "offline/meta_grad_norm": total_norm(result.meta_grads), "offline/skipped_meta_steps": skipped}
-            if extra_scalars is not None:
-                scalars.update(extra_scalars())
-            job.tracker.log("offline", step, scalars)
-    if skipped:
-        job.log.warning("offline phase: %d of %d meta steps skipped (non-finite meta-gradient)", skipped, steps)
-    return skipped
+    """Algorithm 1 / 3 from the start, in one go (no resumable state kept). Returns the skipped steps."""
+    return OfflineMetaTraining().run(job, engine, meta_params, loss_fn, steps, adam_lr, lr_fn, extra_scalars)
 
 
 class OnlineMetaStep:

@@ -26,7 +26,7 @@ from torch import nn
 from adalfl.config import ConfigError, MethodConfig
 from adalfl.meta import make_engine
 from adalfl.methods.base import Method, Moment, Stats
-from adalfl.methods.metalearning import OnlineMetaConfig, OnlineMetaStep, offline_meta_training
+from adalfl.methods.metalearning import OfflineMetaTraining, OnlineMetaConfig, OnlineMetaStep
 from adalfl.track.plots import meta_learning_rate
 from adalfl.train.job import Job
 
@@ -54,6 +54,7 @@ class MetaLR(Method):
         self.log_lr: torch.Tensor | None = None
         self.base_lr = 1.0  # optimizer.lr: the schedule's value divided by it is the schedule factor
         self.online: OnlineMetaStep | None = None
+        self.offline_run = OfflineMetaTraining()  # Algorithm 3's progress, checkpointed with the method
 
     @property
     def lr(self) -> torch.Tensor:
@@ -72,8 +73,9 @@ class MetaLR(Method):
 
     def offline(self, job: Job, model: nn.Module) -> None:
         assert self.log_lr is not None
-        torch.save({"log_lr": self.log_lr.detach().cpu()}, job.out_dir / "meta_lr_start.pt")
-        offline_meta_training(
+        if self.offline_run.step == 0:  # not when resuming the phase: the start is the start
+            torch.save({"log_lr": self.log_lr.detach().cpu()}, job.out_dir / "meta_lr_start.pt")
+        self.offline_run.run(
             job, self.engine, [self.log_lr], job.task.loss, self.meta_cfg.init_steps, self.meta_cfg.init_lr,
             lr_fn=lambda: self.lr, extra_scalars=lambda: {"offline/meta_lr": self.lr.detach()},
         )
@@ -100,10 +102,12 @@ class MetaLR(Method):
 
     def state_dict(self) -> dict:
         assert self.log_lr is not None and self.online is not None
-        return {"log_lr": self.log_lr.detach().clone(), "online": self.online.state_dict()}
+        return {"log_lr": self.log_lr.detach().clone(), "online": self.online.state_dict(),
+                "offline": self.offline_run.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         assert self.log_lr is not None and self.online is not None
         with torch.no_grad():
             self.log_lr.copy_(state["log_lr"])
         self.online.load_state_dict(state["online"])
+        self.offline_run.load_state_dict(state.get("offline"))

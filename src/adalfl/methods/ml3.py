@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from adalfl.config import MethodConfig
 from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
-from adalfl.methods.learned_loss import LossNetConfig, OfflineLearnedLoss
-from adalfl.methods.metalearning import OfflineMetaConfig, offline_meta_training
+from adalfl.methods.learned_loss import DeadLossConfig, LossNetConfig, OfflineLearnedLoss
+from adalfl.methods.metalearning import OfflineMetaConfig, OfflineMetaTraining
 from adalfl.train.job import Job
 
 
@@ -27,23 +27,33 @@ class ML3Config(MethodConfig):
     loss: LossNetConfig = field(default_factory=_ml3_network)
     meta: OfflineMetaConfig = field(default_factory=OfflineMetaConfig)
     plot_every: int = 0  # base steps between learned-loss plots (0: start and end; the loss is frozen)
+    dead_loss: DeadLossConfig = field(default_factory=DeadLossConfig)
 
 
 CONFIG_SCHEMA = ML3Config
 
 
 class ML3(OfflineLearnedLoss):
-    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0) -> None:
-        super().__init__(name, plot_every)
+    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0, dead_loss: dict | None = None) -> None:
+        super().__init__(name, plot_every, dead_loss, "The offline phase learned a loss that cannot train: "
+                         "try a lower method.meta.init_lr or optimizer.lr")
         self.loss_cfg = LossNetConfig(**loss)
+        self.loss_cfg.check()
         self.meta_cfg = OfflineMetaConfig(**meta)
         self.meta_cfg.check()
         self.engine = make_engine(self.meta_cfg.backend)
+        self.offline_run = OfflineMetaTraining()
 
     def build_loss(self, job: Job) -> OutputWiseLoss:
         return self.loss_cfg.build(job.task, job.device)
 
     def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
         steps = self.meta_cfg.init_steps
-        offline_meta_training(job, self.engine, list(loss.parameters()), loss, steps, self.meta_cfg.init_lr)
+        self.offline_run.run(job, self.engine, list(loss.parameters()), loss, steps, self.meta_cfg.init_lr)
         return f"ML3 loss before / after {steps} offline meta steps", steps
+
+    def search_state_dict(self) -> dict:
+        return self.offline_run.state_dict()
+
+    def load_search_state_dict(self, state: dict | None) -> None:
+        self.offline_run.load_state_dict(state)

@@ -15,8 +15,9 @@ Two searches over the same 8 numbers:
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,9 +26,9 @@ from adalfl.config import ConfigError, MethodConfig
 from adalfl.data import BatchSampler
 from adalfl.losses.learned import OutputWiseLoss, TaylorPolynomial
 from adalfl.meta import make_engine
-from adalfl.methods.learned_loss import OfflineLearnedLoss, build_loss
-from adalfl.methods.metalearning import offline_meta_training
-from adalfl.methods.metalearning import OfflineMetaConfig
+from adalfl.methods.learned_loss import DeadLossConfig, OfflineLearnedLoss, build_loss
+from adalfl.methods.metalearning import OfflineMetaConfig, OfflineMetaTraining
+from adalfl.train import preemption
 from adalfl.train.evaluate import evaluate
 from adalfl.train.job import Job
 
@@ -53,6 +54,7 @@ class TaylorGLOConfig(MethodConfig):
     cmaes: CMAESConfig = field(default_factory=CMAESConfig)
     meta: OfflineMetaConfig = field(default_factory=OfflineMetaConfig)  # search=gradient
     plot_every: int = 0
+    dead_loss: DeadLossConfig = field(default_factory=DeadLossConfig)
 
 
 CONFIG_SCHEMA = TaylorGLOConfig
@@ -68,6 +70,103 @@ class Generation:
     sigma: float
 
 
+class CMAESSearch:
+    """CMA-ES for a fixed number of generations, minimising ``fitness``; x0 is evaluated first (as
+    generation 0). Non-finite fitness counts as ``NONFINITE_FITNESS``. The best point ever evaluated
+    is kept, so the result is never worse than x0.
+
+    Resumable between any two candidates: ``state_dict`` holds the CMA-ES object (pickled, its own
+    random state included), the current generation's candidates and the fitness values evaluated so
+    far, and the best point yet. ``boundary(due)`` is called after every candidate (``due`` after a
+    generation's last), where the caller may checkpoint; a candidate whose evaluation raises
+    ``preemption.StopRequested`` is left out of the state and evaluated again on resume.
+    """
+
+    def __init__(self, x0: Sequence[float], sigma: float, population: int, generations: int, seed: int) -> None:
+        self.x0 = np.asarray(x0, dtype=np.float64)
+        self.sigma, self.population, self.generations, self.seed = sigma, population, generations, seed
+        self.es: object | None = None  # created after x0 is scored
+        self.generation = 0  # generations completed (x0 counts as generation 0)
+        self.candidates: list[np.ndarray] = []  # of the generation in progress
+        self.values: list[float] = []  # their fitness so far
+        self.best_x = self.x0.copy()
+        self.best_f: float | None = None  # None until x0 is scored
+
+    def run(
+        self,
+        fitness: Callable[[np.ndarray], float],
+        on_generation: Optional[Callable[[Generation], None]] = None,
+        boundary: Optional[Callable[[bool], None]] = None,
+    ) -> tuple[np.ndarray, float]:
+        import cma
+
+        def score(x: np.ndarray) -> float:
+            value = float(fitness(np.asarray(x, dtype=np.float64)))
+            return value if math.isfinite(value) else math.inf
+
+        def evaluated(x: np.ndarray) -> float:
+            # A stop signal inside a candidate: checkpoint without it (it is redone on resume).
+            while True:
+                try:
+                    return score(x)
+                except preemption.StopRequested:
+                    if boundary is None:
+                        raise
+                    boundary(False)  # checkpoints, then (usually) ends the process
+
+        if self.best_f is None:
+            self.best_f = evaluated(self.best_x)
+            if on_generation is not None:
+                f0 = self.best_f
+                on_generation(Generation(0, f0, f0, int(not math.isfinite(f0)), f0, self.sigma))
+            # cma's seed 0 means "from the clock": offset it so every job seed is reproducible.
+            self.es = cma.CMAEvolutionStrategy(list(self.best_x), self.sigma,
+                                               {"popsize": self.population, "seed": self.seed + 1, "verbose": -9})
+            if boundary is not None:
+                boundary(self.generations > 0)
+        es: Any = self.es
+        while self.generation < self.generations:
+            if not self.candidates:
+                self.candidates = [np.asarray(x, dtype=np.float64) for x in es.ask()]
+                self.values = []
+            while len(self.values) < len(self.candidates):
+                self.values.append(evaluated(self.candidates[len(self.values)]))
+                if boundary is not None and len(self.values) < len(self.candidates):
+                    boundary(False)
+            values, candidates = self.values, self.candidates
+            finite = [v for v in values if math.isfinite(v)]
+            es.tell(candidates, [v if math.isfinite(v) else NONFINITE_FITNESS for v in values])
+            gen_best = min(values)
+            if gen_best < self.best_f:
+                self.best_f, self.best_x = gen_best, candidates[values.index(gen_best)].copy()
+            self.generation += 1
+            self.candidates, self.values = [], []
+            if on_generation is not None:
+                on_generation(Generation(self.generation, gen_best, float(np.mean(finite)) if finite else math.nan,
+                                         len(values) - len(finite), self.best_f, float(es.sigma)))
+            if boundary is not None:
+                boundary(self.generation < self.generations)  # the caller checkpoints after the last
+        return self.best_x, self.best_f
+
+    def state_dict(self) -> dict:
+        return {
+            "es": pickle.dumps(self.es) if self.es is not None else None,
+            "generation": self.generation,
+            "candidates": [c.tolist() for c in self.candidates],
+            "values": list(self.values),
+            "best_x": self.best_x.tolist(),
+            "best_f": self.best_f,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.es = pickle.loads(state["es"]) if state["es"] is not None else None
+        self.generation = int(state["generation"])
+        self.candidates = [np.asarray(c, dtype=np.float64) for c in state["candidates"]]
+        self.values = [float(v) for v in state["values"]]
+        self.best_x = np.asarray(state["best_x"], dtype=np.float64)
+        self.best_f = None if state["best_f"] is None else float(state["best_f"])
+
+
 def cmaes_minimise(
     fitness: Callable[[np.ndarray], float],
     x0: Sequence[float],
@@ -77,33 +176,8 @@ def cmaes_minimise(
     seed: int,
     on_generation: Optional[Callable[[Generation], None]] = None,
 ) -> tuple[np.ndarray, float]:
-    """Minimise ``fitness`` with CMA-ES for a fixed number of generations; x0 is evaluated first.
-    Non-finite fitness counts as ``NONFINITE_FITNESS``. Returns the best point ever evaluated and
-    its fitness (so the result is never worse than x0)."""
-    import cma
-
-    def score(x: np.ndarray) -> float:
-        value = float(fitness(np.asarray(x, dtype=np.float64)))
-        return value if math.isfinite(value) else math.inf
-
-    best_x = np.asarray(x0, dtype=np.float64)
-    best_f = score(best_x)
-    if on_generation is not None:
-        on_generation(Generation(0, best_f, best_f, int(not math.isfinite(best_f)), best_f, sigma))
-    # cma's seed 0 means "from the clock": offset it so every job seed is reproducible.
-    es = cma.CMAEvolutionStrategy(list(best_x), sigma, {"popsize": population, "seed": seed + 1, "verbose": -9})
-    for index in range(1, generations + 1):
-        candidates = es.ask()
-        values = [score(x) for x in candidates]
-        finite = [v for v in values if math.isfinite(v)]
-        es.tell(candidates, [v if math.isfinite(v) else NONFINITE_FITNESS for v in values])
-        gen_best = min(values)
-        if gen_best < best_f:
-            best_f, best_x = gen_best, np.asarray(candidates[values.index(gen_best)], dtype=np.float64)
-        if on_generation is not None:
-            on_generation(Generation(index, gen_best, float(np.mean(finite)) if finite else math.nan,
-                                     len(values) - len(finite), best_f, float(es.sigma)))
-    return best_x, best_f
+    """``CMAESSearch`` in one go: returns the best point ever evaluated and its fitness."""
+    return CMAESSearch(x0, sigma, population, generations, seed).run(fitness, on_generation)
 
 
 class PartialTraining:
@@ -134,6 +208,7 @@ class PartialTraining:
         with torch.random.fork_rng(devices=self._devices()):
             torch.manual_seed(self.seed)
             for _ in range(self.steps):
+                preemption.check()  # a stop signal abandons the candidate (it is redone on resume)
                 x, y = sampler.next()
                 value = loss(model(job.data.prepare(x, training=True)), y)
                 optimizer.zero_grad(set_to_none=True)
@@ -147,8 +222,10 @@ class PartialTraining:
 
 
 class TaylorGLO(OfflineLearnedLoss):
-    def __init__(self, name: str, search: str, init: str, cmaes: dict, meta: dict, plot_every: int = 0) -> None:
-        super().__init__(name, plot_every)
+    def __init__(self, name: str, search: str, init: str, cmaes: dict, meta: dict, plot_every: int = 0,
+                 dead_loss: dict | None = None) -> None:
+        super().__init__(name, plot_every, dead_loss, "The search found a polynomial that cannot train: "
+                         "try more method.cmaes.generations or another method.init")
         if search not in ("cmaes", "gradient"):
             raise ConfigError(f"method.search must be cmaes or gradient, got {search!r}")
         if init not in ("squared_error", "zeros"):
@@ -161,6 +238,9 @@ class TaylorGLO(OfflineLearnedLoss):
             raise ConfigError("method.cmaes needs population >= 2, generations >= 0, partial_steps >= 1, sigma > 0")
         self.meta_cfg.check()
         self.engine = make_engine(self.meta_cfg.backend)
+        self.offline_run = OfflineMetaTraining()  # search=gradient
+        self.cmaes: CMAESSearch | None = None  # search=cmaes, built from the loss's start in search()
+        self._cmaes_state: dict | None = None  # restored, waiting for search() to build the search
 
     def build_loss(self, job: Job) -> OutputWiseLoss:
         theta = TaylorPolynomial.squared_error() if self.init == "squared_error" else None
@@ -170,8 +250,8 @@ class TaylorGLO(OfflineLearnedLoss):
         theta = loss.pointwise.theta
         if self.search_name == "gradient":
             steps = self.meta_cfg.init_steps
-            offline_meta_training(job, self.engine, [theta], loss, steps, self.meta_cfg.init_lr,
-                                  extra_scalars=lambda: self._theta_scalars(theta))
+            self.offline_run.run(job, self.engine, [theta], loss, steps, self.meta_cfg.init_lr,
+                                 extra_scalars=lambda: self._theta_scalars(theta))
             return f"Taylor loss before / after {steps} offline meta steps", steps
 
         c = self.cmaes_cfg
@@ -193,7 +273,12 @@ class TaylorGLO(OfflineLearnedLoss):
                          job.title, gen.index, c.generations, gen.best, gen.mean, gen.best_so_far)
 
         x0 = theta.detach().cpu().double().numpy().copy()
-        best_x, best_f = cmaes_minimise(fitness, x0, c.sigma, c.population, c.generations, int(job.cfg.seed), log)
+        self.cmaes = CMAESSearch(x0, c.sigma, c.population, c.generations, int(job.cfg.seed))
+        if self._cmaes_state is not None:  # resumed in the middle of the search
+            self.cmaes.load_state_dict(self._cmaes_state)
+            self._cmaes_state = None
+        # A checkpoint after every generation, and after any candidate when a stop signal waits.
+        best_x, best_f = self.cmaes.run(fitness, log, boundary=lambda due: job.offline_boundary(due))
         if not math.isfinite(best_f):
             raise RuntimeError("TaylorGLO search: every candidate's partial training diverged; lower optimizer.lr "
                                "or method.cmaes.sigma")
@@ -202,6 +287,20 @@ class TaylorGLO(OfflineLearnedLoss):
         theta.requires_grad_(True)
         job.tracker.log("offline", c.generations, self._theta_scalars(theta))
         return f"Taylor loss before / after {c.generations} CMA-ES generations", c.generations
+
+    def search_state_dict(self) -> dict:
+        if self.search_name == "gradient":
+            return {"gradient": self.offline_run.state_dict()}
+        state = self.cmaes.state_dict() if self.cmaes is not None else self._cmaes_state
+        return {"cmaes": state}
+
+    def load_search_state_dict(self, state: dict | None) -> None:
+        if not state:
+            return
+        if "gradient" in state:
+            self.offline_run.load_state_dict(state["gradient"])
+        else:
+            self._cmaes_state = state["cmaes"]
 
     @staticmethod
     def _theta_scalars(theta: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,8 +1,12 @@
-"""Hydra callback that keeps a sweep folder's report current (see adalfl.sweep.report)."""
+"""Hydra callbacks: the output folder is checked before Hydra writes into it, and a sweep folder's
+report is kept current (see adalfl.sweep.report)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +47,30 @@ class ReportCallback(Callback):
                 log.info("sweep report: %s\n%s", sweep / "results.md", report.markdown(built))
         except Exception as err:  # noqa: BLE001
             log.warning("could not write the sweep report in %s: %s: %s", sweep, type(err).__name__, err)
+
+
+class OutputDirCheck(Callback):
+    """Refuses, in one line, an output folder that cannot be written, before Hydra's own set-up
+    fails there with a traceback (the cause buried in its middle). Runs before Hydra creates the
+    folder: ``hydra.run.dir`` for a single job, ``hydra.sweep.dir`` for a sweep."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(str(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(str(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(folder: str, key: str) -> None:
+        path = Path(folder)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".write-check-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            where = f" ({err.filename})" if err.filename and str(err.filename) != folder else ""
+            print(f"error: cannot write the output folder {folder}: {reason}{where}; choose another with {key}=...",
+                  file=sys.stderr)
+            sys.exit(1)

@@ -26,12 +26,13 @@ def _test_series(folder: Path, metric: str) -> dict[int, float]:
     return series
 
 
-def test_curves_figure(jobs: list["Job"], methods: list[str], path: Path) -> Path:
-    """Test metric against step per method: mean over seeds with a ± std band."""
+def test_curves_figure(jobs: list["Job"], methods: list[str], path: Path, title: str | None = None) -> Path:
+    """Test metric against step per method (a report column: a method, or a method with its own
+    settings): mean over seeds with a ± std band."""
     metric = jobs[0].result["metric_name"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in methods:
-        runs = [_test_series(j.folder, metric) for j in jobs if j.result["method"] == method]
+        runs = [_test_series(j.folder, metric) for j in jobs if (j.column or j.result["method"]) == method]
         runs = [r for r in runs if r]
         if not runs:
             continue
@@ -42,10 +43,9 @@ def test_curves_figure(jobs: list["Job"], methods: list[str], path: Path) -> Pat
         mean, std = values.mean(axis=0), values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
         ax.plot(steps, mean, label=f"{method} (n={len(runs)})")
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    dataset, model = jobs[0].key
     ax.set_xlabel("step")
     ax.set_ylabel("test error rate (%)" if metric == "error_rate" else "test MSE")
-    ax.set_title(f"{dataset} / {model}")
+    ax.set_title(title or f"{jobs[0].result['dataset']} / {jobs[0].result['model']}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

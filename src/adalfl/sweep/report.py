@@ -3,13 +3,20 @@
 Reads every job's ``result.json`` (and ``metrics.jsonl`` for curves) under a sweep folder and
 writes, into that folder:
 
-* ``results.md`` / ``results.csv`` / ``results.tex``: rows dataset x model, columns methods, the
-  final test metric as mean ± standard deviation over finished seeds, the best per row in bold,
-  the number of finished seeds; failed, unfinished and never-started jobs listed; and the
-  run-time table (hours per method, mean over seeds, split into the offline phase and training).
-* ``figures/curves_<dataset>_<model>.png``: test metric against training step per method, mean
-  with a ± std band over seeds.
-* ``figures/learned_loss_<dataset>_<model>.png``: AdaLFL's learned loss through training.
+* ``results.md`` / ``results.csv`` / ``results.tex``: rows dataset x model (x setting), columns
+  methods, the final test metric as mean ± standard deviation over finished seeds, the best per
+  row in bold, the number of finished seeds; failed, unfinished and never-started jobs listed; and
+  the run-time table (hours per method, mean over seeds, split into the offline phase and training).
+* ``figures/curves_<dataset>_<model>[_<setting>].png``: test metric against training step per
+  method, mean with a ± std band over seeds.
+* ``figures/learned_loss_<dataset>_<model>[_<setting>].png``: AdaLFL's learned loss through training.
+
+Only seeds are pooled. Each job's config identity (result.json's ``config_identity``, else its
+``config_resolved.yaml``; run-time switches such as device and threads are not part of it) is
+compared with the other jobs of its dataset x model: a setting that differs, e.g.
+``optimizer.lr=0.01,0.1``, makes separate rows named by the ``setting`` column, and a differing
+method setting (``method.*``) separate columns, e.g. ``adalfl [meta.online_lr=0.0001]``. A key only
+some jobs have (a version of the code that lacked it) is not a difference.
 
 Works on partial sweeps, so it can be run at any time: ``python -m adalfl.report <sweep folder>``.
 """
@@ -32,14 +39,29 @@ METHOD_ORDER = ["ce", "ml3", "taylorglo", "metalr", "adalfl"]
 METRIC_LABEL = {"error_rate": "test error rate (%)", "mse": "test MSE"}
 
 
+Row = tuple[str, str, str]  # dataset, model, setting ("" when the sweep varies nothing else)
+
+
 @dataclass
 class Job:
     folder: Path
     result: dict
+    setting: str = ""  # what sets this job's row apart from the others of its dataset x model
+    column: str = ""  # its method, with the method settings that set it apart
 
     @property
-    def key(self) -> tuple[str, str]:
-        return self.result["dataset"], self.result["model"]
+    def key(self) -> Row:
+        return self.result["dataset"], self.result["model"], self.setting
+
+    @property
+    def identity(self) -> dict:
+        """The job's config identity without its seed (see adalfl.train.folder)."""
+        from adalfl.train.folder import recorded_identity
+
+        found = self.result.get("config_identity")
+        if not isinstance(found, dict):
+            found = recorded_identity(self.folder) or {}
+        return {k: v for k, v in found.items() if k != "seed"}
 
     @property
     def done(self) -> bool:
@@ -69,14 +91,19 @@ class Report:
     sweep: Path
     title: str
     metric_names: set[str]
-    row_metric: dict[tuple[str, str], str]
-    methods: list[str]
-    cells: dict[tuple[str, str], dict[str, Cell]]
+    row_metric: dict[Row, str]
+    methods: list[str]  # column labels: a method, or a method with its distinguishing settings
+    cells: dict[Row, dict[str, Cell]]
     failed: list[Job]
     unfinished: list[Path]
     missing: list[str]
+    jobs: list[Job] = field(default_factory=list)
 
-    def best(self, row: tuple[str, str]) -> str | None:
+    @property
+    def has_settings(self) -> bool:
+        return any(len(row) > 2 and row[2] for row in self.cells)
+
+    def best(self, row: Row) -> str | None:
         finished = {m: c.mean for m, c in self.cells[row].items() if c.values}
         return min(finished, key=finished.get) if finished else None  # every metric: lower is better
 
@@ -114,8 +141,9 @@ def expected_overrides(sweep: Path) -> list[frozenset[str]]:
     cfg = OmegaConf.load(path)
     overrides = list(OmegaConf.select(cfg, "hydra.overrides.task") or [])
     params = OmegaConf.select(cfg, "hydra.sweeper.params")
-    if params:
-        overrides += [f"{key}={value}" for key, value in params.items()]
+    if params:  # the command line wins over the sweeper's params (Hydra's BasicSweeper does the same)
+        given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        overrides += [f"{key}={value}" for key, value in params.items() if str(key).lstrip("+~") not in given]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         batches = BasicSweeper.split_arguments(parsed, None)
@@ -129,18 +157,62 @@ def _job_overrides(folder: Path) -> frozenset[str]:
     return frozenset(OmegaConf.load(path)) if path.exists() else frozenset()
 
 
+def _show(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _distinguishing(identities: list[dict]) -> list[str]:
+    """Keys that all of these identities have and on which they do not all agree."""
+    if not identities:
+        return []
+    shared = set.intersection(*(set(i) for i in identities))
+    return sorted(k for k in shared if len({json.dumps(i[k], sort_keys=True) for i in identities}) > 1)
+
+
+def assign_settings(jobs: list[Job]) -> None:
+    """Set each job's row setting and column label from the keys on which it differs from the other
+    jobs of its dataset x model (method keys among jobs of the same method)."""
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.result["dataset"], job.result["model"]), []).append(job)
+    for group in groups.values():
+        identities = {id(j): j.identity for j in group}
+        general = _distinguishing([{k: v for k, v in identities[id(j)].items() if not k.startswith("method.")}
+                                   for j in group if identities[id(j)]])
+        by_method: dict[str, list[Job]] = {}
+        for job in group:
+            by_method.setdefault(job.result["method"], []).append(job)
+        for method, members in by_method.items():
+            own = _distinguishing([{k: v for k, v in identities[id(j)].items() if k.startswith("method.")}
+                                   for j in members if identities[id(j)]])
+            for job in members:
+                ident = identities[id(job)]
+                job.setting = ",".join(f"{k}={_show(ident[k])}" for k in general if k in ident)
+                variant = ",".join(f"{k[len('method.'):]}={_show(ident[k])}" for k in own if k in ident)
+                job.column = f"{method} [{variant}]" if variant else method
+
+
+def _column_order(label: str) -> tuple[int, str]:
+    method = label.split(" [", 1)[0]
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), label)
+
+
 def build(sweep: Path) -> Report:
     jobs, unfinished = find_jobs(sweep)
-    cells: dict[tuple[str, str], dict[str, Cell]] = {}
+    assign_settings(jobs)
+    cells: dict[Row, dict[str, Cell]] = {}
     metric_names: set[str] = set()
-    row_metric: dict[tuple[str, str], str] = {}
+    row_metric: dict[Row, str] = {}
     methods: set[str] = set()
     failed = []
     for job in jobs:
         r = job.result
-        methods.add(r["method"])
+        if r.get("status") in ("running", "interrupted"):
+            unfinished.append(job.folder)  # stopped from outside (or still running): resumes when rerun
+            continue
+        methods.add(job.column)
         row_metric[job.key] = r["metric_name"]
-        cell = cells.setdefault(job.key, {}).setdefault(r["method"], Cell())
+        cell = cells.setdefault(job.key, {}).setdefault(job.column, Cell())
         if job.done:
             metric_names.add(r["metric_name"])
             cell.values.append(_display(r["test_metric"], r["metric_name"]))
@@ -153,9 +225,10 @@ def build(sweep: Path) -> Report:
             failed.append(job)
     seen = {_job_overrides(job.folder) for job in jobs} | {_job_overrides(f) for f in unfinished}
     missing = sorted(",".join(sorted(o)) for o in expected_overrides(sweep) if o not in seen)
-    ordered = [m for m in METHOD_ORDER if m in methods] + sorted(methods - set(METHOD_ORDER))
+    ordered = sorted(methods, key=_column_order)
     title = next((j.result.get("experiment") for j in jobs if j.result.get("experiment")), None) or sweep.name
-    return Report(sweep, title, metric_names, row_metric, ordered, dict(sorted(cells.items())), failed, unfinished, missing)
+    return Report(sweep, title, metric_names, row_metric, ordered, dict(sorted(cells.items())), failed,
+                  sorted(unfinished), missing, jobs)
 
 
 BASELINE = "ce"
@@ -203,16 +276,31 @@ def _hours(cell: Cell | None) -> str:
     return f"{offline + train:.3g} ({offline:.3g} + {train:.3g})"
 
 
+def _row_header(report: Report) -> tuple[str, str]:
+    if report.has_settings:
+        return "| dataset | model | setting | ", "|---|---|---|"
+    return "| dataset | model | ", "|---|---|"
+
+
+def _row_cells(report: Report, row: Row) -> str:
+    if report.has_settings:
+        return f"| {row[0]} | {row[1]} | {row[2] or '–'} | "
+    return f"| {row[0]} | {row[1]} | "
+
+
 def markdown(report: Report) -> str:
     metric = " / ".join(METRIC_LABEL.get(m, m) for m in sorted(report.metric_names)) or "test metric"
+    head, rule = _row_header(report)
     lines = [
         f"# Results: {report.title}",
         "",
         f"Final {metric}, mean ± standard deviation over finished seeds (n); lower is better, "
-        "best per row in **bold**.",
+        "best per row in **bold**."
+        + (" Only seeds are pooled: jobs that differ in any other setting are separate rows (setting) "
+           "or columns ([method settings])." if report.has_settings or any("[" in m for m in report.methods) else ""),
         "",
-        "| dataset | model | " + " | ".join(report.methods) + " |",
-        "|---|---|" + "---|" * len(report.methods),
+        head + " | ".join(report.methods) + " |",
+        rule + "---|" * len(report.methods),
     ]
     for row, by_method in report.cells.items():
         best = report.best(row)
@@ -220,18 +308,18 @@ def markdown(report: Report) -> str:
         for method in report.methods:
             text = _fmt(by_method.get(method))
             cells.append(f"**{text}**" if method == best else text)
-        lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(cells) + " |")
+        lines.append(_row_cells(report, row) + " | ".join(cells) + " |")
     paired_rows = [(row, p) for row, by_method in report.cells.items() for p in paired_with_baseline(by_method)]
     if paired_rows:
         lines += ["", f"## Paired with {BASELINE}", "",
                   f"Per seed, method minus {BASELINE} (negative: the method is better); wins: seeds where it is lower.", "",
-                  "| dataset | model | method | seeds | mean difference | wins |", "|---|---|---|---|---|---|"]
+                  head + "method | seeds | mean difference | wins |", rule + "---|---|---|---|"]
         for row, p in paired_rows:
-            lines.append(f"| {row[0]} | {row[1]} | {p.method} | {p.n} | {p.mean_difference:+.2f} | {p.wins}/{p.n} |")
+            lines.append(_row_cells(report, row) + f"{p.method} | {p.n} | {p.mean_difference:+.2f} | {p.wins}/{p.n} |")
     lines += ["", "## Run time", "", "Hours per job, mean over finished seeds: total (offline meta-learning + training and evaluation).", ""]
-    lines += ["| dataset | model | " + " | ".join(report.methods) + " |", "|---|---|" + "---|" * len(report.methods)]
+    lines += [head + " | ".join(report.methods) + " |", rule + "---|" * len(report.methods)]
     for row, by_method in report.cells.items():
-        lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(_hours(by_method.get(m)) for m in report.methods) + " |")
+        lines.append(_row_cells(report, row) + " | ".join(_hours(by_method.get(m)) for m in report.methods) + " |")
     if report.failed or report.unfinished or report.missing:
         lines += ["", "## Incomplete", ""]
         for job in report.failed:
@@ -246,16 +334,17 @@ def markdown(report: Report) -> str:
 def csv_text(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["dataset", "model", "method", "metric", "n_finished", "n_failed", "mean", "std", "values",
-                     "hours_offline", "hours_train"])
-    for (dataset, model), by_method in report.cells.items():
+    writer.writerow(["dataset", "model", "setting", "method", "metric", "n_finished", "n_failed", "mean", "std",
+                     "values", "seeds", "hours_offline", "hours_train"])
+    for (dataset, model, setting), by_method in report.cells.items():
         for method in report.methods:
             cell = by_method.get(method)
             if cell is None:
                 continue
             writer.writerow([
-                dataset, model, method, report.row_metric[(dataset, model)], len(cell.values), cell.failed,
+                dataset, model, setting, method, report.row_metric[(dataset, model, setting)], len(cell.values), cell.failed,
                 f"{cell.mean:.6g}", f"{cell.std:.6g}", " ".join(f"{v:.6g}" for v in cell.values),
+                " ".join(str(seed) for seed in cell.seeds),
                 f"{statistics.fmean(cell.hours_offline):.6g}" if cell.hours_offline else "",
                 f"{statistics.fmean(cell.hours_train):.6g}" if cell.hours_train else "",
             ])
@@ -267,11 +356,13 @@ def _tex_escape(text: str) -> str:
 
 
 def latex(report: Report) -> str:
-    cols = "ll" + "c" * len(report.methods)
+    settings = report.has_settings
+    cols = ("lll" if settings else "ll") + "c" * len(report.methods)
     lines = [
         r"\begin{tabular}{" + cols + "}",
         r"\toprule",
-        "Dataset & Model & " + " & ".join(_tex_escape(m) for m in report.methods) + r" \\",
+        "Dataset & Model & " + ("Setting & " if settings else "") + " & ".join(_tex_escape(m) for m in report.methods)
+        + r" \\",
         r"\midrule",
     ]
     for row, by_method in report.cells.items():
@@ -284,7 +375,8 @@ def latex(report: Report) -> str:
                 continue
             text = f"{cell.mean:.2f} $\\pm$ {cell.std:.2f}"
             cells.append(rf"\textbf{{{text}}}" if method == best else text)
-        lines.append(f"{_tex_escape(row[0])} & {_tex_escape(row[1])} & " + " & ".join(cells) + r" \\")
+        lead = [row[0], row[1]] + ([row[2] or "--"] if settings else [])
+        lines.append(" & ".join(_tex_escape(x) for x in lead) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -293,21 +385,30 @@ def figures(report: Report) -> list[Path]:
     """Mean ± std test curves per dataset x model, and AdaLFL's learned-loss evolution."""
     from adalfl.sweep.figures import learned_loss_figure, test_curves_figure
 
-    jobs, _ = find_jobs(report.sweep)
     folder = report.sweep / "figures"
     written = []
     for row in report.cells:
-        done = [j for j in jobs if j.key == row and j.done]
+        done = [j for j in report.jobs if j.key == row and j.done]
         if not done:
             continue
         folder.mkdir(exist_ok=True)
-        name = f"{row[0]}_{row[1]}"
-        written.append(test_curves_figure(done, report.methods, folder / f"curves_{name}.png"))
-        adalfl = sorted((j for j in done if j.result["method"] == "adalfl"), key=lambda j: j.result["seed"])
+        name = f"{row[0]}_{row[1]}" + (f"_{_slug(row[2])}" if row[2] else "")
+        title = f"{row[0]} / {row[1]}" + (f" ({row[2]})" if row[2] else "")
+        written.append(test_curves_figure(done, report.methods, folder / f"curves_{name}.png", title))
+        adalfl = sorted((j for j in done if j.result["method"] == "adalfl"), key=lambda j: (j.column != "adalfl", j.column, j.result["seed"]))
         curves = next((j.folder / "learned_loss_curves.json" for j in adalfl if (j.folder / "learned_loss_curves.json").exists()), None)
         if curves is not None:
-            written.append(learned_loss_figure(curves, folder / f"learned_loss_{name}.png", f"AdaLFL learned loss, {row[0]} / {row[1]}"))
+            written.append(learned_loss_figure(curves, folder / f"learned_loss_{name}.png", f"AdaLFL learned loss, {title}"))
     return written
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe form of a setting; long ones end in a hash so two settings never share a file."""
+    import hashlib
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", text)
+    return slug if len(slug) <= 80 else slug[:60] + "_" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def write(sweep: Path, with_figures: bool = True) -> Report:

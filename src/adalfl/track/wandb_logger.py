@@ -61,7 +61,7 @@ class WandbLogger:
                 id=_run_id(out_dir),
                 resume="allow",
                 reinit="finish_previous",
-                settings=wandb.Settings(init_timeout=60, console="off", silent=True),
+                settings=wandb.Settings(init_timeout=float(cfg.logger.init_timeout), console="off", silent=True),
             )
         except Exception as err:  # noqa: BLE001 - any failure here must not cost the run
             log.warning("W&B could not start (%s: %s); continuing without W&B", type(err).__name__, err)

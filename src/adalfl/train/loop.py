@@ -15,6 +15,7 @@ from adalfl.methods.base import Method
 from adalfl.train import preemption
 from adalfl.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from adalfl.train.evaluate import evaluate
+from adalfl.train.folder import ConfigMismatch, config_identity, differences, mismatch_message
 from adalfl.train.job import Job
 
 
@@ -39,13 +40,18 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def fit(job: Job, model: nn.Module, method: Method) -> Progress:
     """Run the method's offline phase (once) and the base training budget, resuming from the job
-    folder's checkpoint when there is one. Returns the final progress record."""
+    folder's checkpoint when there is one. Returns the final progress record.
+
+    Checkpoints are written every ``checkpoint.every`` base steps, by the offline phases at their
+    own boundaries (``Job.offline_boundary``), and on a stop signal; each records the config's
+    identity, and one of another config is refused rather than resumed."""
     cfg = job.cfg
     total = int(cfg.dataset.steps)
     optimizer, scheduler = job.build_optimizer(list(model.parameters()))
     method.setup(job, model)
     checkpointer = Checkpointer(job.out_dir)
     progress = Progress()
+    identity = config_identity(cfg)
 
     def save() -> None:
         checkpointer.save(
@@ -58,13 +64,17 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
                 "train_batches": job.train_batches.state_dict(),
                 "val_batches": job.val_batches.state_dict(),
                 "rng": rng_state(),
-                "timer": dict(job.timer.totals),
+                "timer": job.timer.state_dict(),
                 "metrics_offset": job.tracker.offset(),
+                "config_identity": identity,
             }
         )
 
     state = checkpointer.load() if cfg.checkpoint.resume else None
     if state is not None:
+        diffs = differences(state["config_identity"], identity) if "config_identity" in state else []
+        if diffs:  # adalfl.app refuses these first; this guards every other caller
+            raise ConfigMismatch(mismatch_message(job.out_dir, "a checkpoint", diffs))
         progress = Progress(**state["progress"])
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -73,24 +83,30 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
         job.train_batches.load_state_dict(state["train_batches"])
         job.val_batches.load_state_dict(state["val_batches"])
         set_rng_state(state["rng"])
-        job.timer.totals = dict(state["timer"])
+        if "totals" in state["timer"]:
+            job.timer.load_state_dict(state["timer"])
+        else:  # written before the total was carried: phase times only
+            job.timer.totals = dict(state["timer"])
         job.tracker.resume_from(state["metrics_offset"])
-        job.log.info("resuming from %s at step %d/%d", checkpointer.loaded_from, progress.step, total)
+        where = f"step {progress.step}/{total}" if progress.offline_done else "the offline phase"
+        job.log.info("resuming from %s at %s", checkpointer.loaded_from, where)
     else:
         if job.tracker.path.exists():
             job.log.info("no usable checkpoint in %s: starting from scratch", job.out_dir)
         job.tracker.reset()
 
+    ckpt_every = int(cfg.checkpoint.every)
+    job.save_checkpoint = save if ckpt_every > 0 else None
     if not progress.offline_done:
         with job.timer.phase("offline"):
-            method.offline(job, model)
+            method.offline(job, model)  # checkpoints through job.offline_boundary as it goes
         progress.offline_done = True
-        if cfg.checkpoint.every > 0:
+        if ckpt_every > 0:
             save()  # a crash during training must not redo the offline phase
     if progress.step == 0:
         method.observe(job, model, 0, "start")
 
-    log_every, eval_every, ckpt_every = int(cfg.dataset.log_interval), int(cfg.dataset.eval_interval), int(cfg.checkpoint.every)
+    log_every, eval_every = int(cfg.dataset.log_interval), int(cfg.dataset.eval_interval)
     bar = tqdm(
         total=total,
         initial=progress.step,
@@ -125,12 +141,13 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
                     f"base loss became {base_loss} (task loss {task_loss}) at step {step}; "
                     "lower optimizer.lr or check the data"
                 )
+            method.check(job, step, record)  # e.g. a learned loss that gives no gradient any more
             bar.set_postfix(loss=f"{base_loss:.4g}", refresh=False)
         if step % eval_every == 0 or last:
             method.observe(job, model, step, "end" if last else "eval")
         if ckpt_every > 0 and (step % ckpt_every == 0 or last or preemption.requested()):
             save()
-        preemption.deliver()  # a scheduler's stop signal takes effect here, after the checkpoint
+        preemption.deliver(checkpointed=ckpt_every > 0)  # a scheduler's stop signal takes effect here, after the checkpoint
     bar.close()
     checkpointer.previous.unlink(missing_ok=True)
     return progress

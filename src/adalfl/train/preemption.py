@@ -8,8 +8,10 @@ training loop saves a checkpoint at the end of the current step and then lets th
 handler run (submitit requeues; SIGTERM terminates). The requeued job resumes in the same folder
 with nothing lost.
 
-A step boundary may be far away (an offline meta-learning phase does not pass through the loop),
-so after ``grace_s`` seconds the original handler runs anyway, as if this module were absent.
+Offline phases have boundaries of their own (``Job.offline_boundary``: after each meta step, after
+each CMA-ES candidate, and inside a candidate's partial training through ``StopRequested``), so a
+job checkpoints within seconds of the signal in any phase. Should no boundary come within
+``grace_s`` seconds, the original handler runs anyway, as if this module were absent.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ from types import FrameType
 from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
+
+class StopRequested(Exception):
+    """Raised inside a long unit of work that can simply be redone (a CMA-ES candidate's partial
+    training) so that the stop signal is not kept waiting; caught where the work is resumable."""
+
+
+def check() -> None:
+    """Raise StopRequested if a stop signal waits."""
+    if _pending:
+        raise StopRequested()
+
 
 _pending: list[tuple[int, Any]] = []  # (signal number, handler to run), in arrival order
 _installed: dict[int, Any] = {}  # signal number -> handler we replaced
@@ -55,7 +68,7 @@ def _note(signum: int, frame: FrameType | None) -> None:
 def _grace_expired(signum: int, frame: FrameType | None) -> None:
     del signum
     log.warning("no step boundary within %.0f s of the stop signal: stopping without a checkpoint", _grace_s[0])
-    _deliver(frame)
+    _deliver(frame, checkpointed=False)
 
 
 _grace_s = [60.0]
@@ -66,19 +79,21 @@ def requested() -> bool:
     return bool(_pending)
 
 
-def deliver() -> None:
-    """Run the handlers of the signals that arrived (after the loop's checkpoint). Does not return
-    when one of them ends the process, which is the usual case."""
+def deliver(checkpointed: bool = True) -> None:
+    """Run the handlers of the signals that arrived (after the loop's checkpoint; ``checkpointed``
+    False when checkpoints are off). Does not return when one of them ends the process, which is
+    the usual case."""
     if _pending:
-        _deliver(None)
+        _deliver(None, checkpointed)
 
 
-def _deliver(frame: FrameType | None) -> None:
+def _deliver(frame: FrameType | None, checkpointed: bool) -> None:
     if hasattr(signal, "setitimer"):
         signal.setitimer(signal.ITIMER_REAL, 0)
     while _pending:
         signum, original = _pending.pop(0)
-        log.warning("checkpoint written; handing %s to its handler", signal.Signals(signum).name)
+        done = "checkpoint written" if checkpointed else "no checkpoint written"
+        log.warning("%s; handing %s to its handler", done, signal.Signals(signum).name)
         if callable(original):
             original(signum, frame)
         elif original == signal.SIG_DFL:

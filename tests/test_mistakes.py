@@ -1,0 +1,91 @@
+"""User mistakes become one line naming the key and the allowed values, before any compute where the
+value alone decides (before the data is loaded); W&B's start-up waits only logger.init_timeout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adalfl import app
+from adalfl.app import run
+from adalfl.config import ConfigError
+
+from conftest import run_main, tiny
+
+FAST = ("model.widths=[32,32]", "threads=1", "dataset.steps=20")
+
+
+@pytest.fixture
+def no_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading data means the value was not checked before compute."""
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("data loaded before the config was checked")
+
+    monkeypatch.setattr(app, "load_data", refuse)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["device=tpu"], "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+        (["optimizer.momentum=2"], r"optimizer.momentum must be in \[0, 1\), got 2.0"),
+        (["optimizer.dampening=1.5"], r"optimizer.dampening must be in \[0, 1\], got 1.5"),
+        (["method=adalfl", "method.loss.activation=foo"],
+         r"method.loss.activation must be one of \['smooth_leaky_relu', 'relu', 'softplus', 'none'\], got 'foo'"),
+        (["method=ml3", "method.loss.output_activation=tanh"], "method.loss.output_activation must be one of"),
+        (["method=adalfl", "method.loss.hidden=[]"], r"method.loss.hidden must list at least one positive layer width"),
+        (["method=adalfl", "method.loss.init=zeros"], r"method.loss.init must be one of \['default', 'xavier'"),
+        (["method=adalfl", "method.dead_loss.patience=-1"], "method.dead_loss.grad_norm and method.dead_loss.patience"),
+        (["logger.init_timeout=0"], "logger.init_timeout must be positive"),
+    ],
+)
+def test_bad_values_are_refused_before_the_data_is_loaded(overrides: list[str], message: str, job_dir: Path,
+                                                          no_data: None) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        run(tiny(*FAST, *overrides), out_dir=job_dir)
+    assert "\n" not in str(refused.value)
+    assert json.loads((job_dir / "result.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_one_line(job_dir: Path, no_data: None) -> None:
+    with pytest.raises(ConfigError, match="device=cuda: torch sees no CUDA device on this machine; use device=auto or device=cpu"):
+        run(tiny(*FAST, "device=cuda"), out_dir=job_dir)
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(job_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"dataset.batch_size=100000 is larger than the training split of digits "
+                                          r"\(1293 examples\); use at most 1293"):
+        run(tiny(*FAST, "dataset.batch_size=100000"), out_dir=job_dir)
+    assert not (job_dir / "metrics.jsonl").exists()
+
+
+def test_wandb_start_up_waits_only_the_configured_time(job_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    settings = []
+
+    def fake_init(**kwargs):  # noqa: ANN003, ANN202
+        settings.append(kwargs["settings"])
+        raise TimeoutError("no answer")  # what a rejected key or an unreachable server ends in
+
+    monkeypatch.setattr(wandb, "init", fake_init)
+    run(tiny(*FAST, "logger=wandb", "logger.mode=offline", "logger.init_timeout=3"), out_dir=job_dir)
+    assert settings[0].init_timeout == 3.0
+    assert json.loads((job_dir / "result.json").read_text())["status"] == "done"  # W&B never costs the run
+    assert tiny("logger=wandb").logger.init_timeout == 15  # the default: seconds, not W&B's 90
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_output_folder_that_cannot_be_written_is_one_line(key: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ["-m"] if key == "hydra.sweep.dir" else []
+    proc = run_main([*args, "method=ce", "logger=none", f"{key}={blocker}/job"], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: cannot write the output folder {blocker}/job: Not a directory; choose another with {key}=..."]
