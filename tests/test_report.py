@@ -52,6 +52,7 @@ def test_tables_match_the_job_files(sweep: Path) -> None:
     assert "## Run time" in md and "Incomplete" not in md
     assert r"\textbf{" in (sweep / "results.tex").read_text()
     assert {p.name for p in (sweep / "figures").glob("*.png")} == {"curves_diabetes_mlp.png", "curves_digits_mlp.png"}
+    assert not (sweep / "wandb").exists() and not (sweep / ".wandb_report_run_id").exists()  # logger=none: no W&B
 
 
 def test_best_method_per_row_is_bold() -> None:
@@ -96,3 +97,22 @@ def test_rerun_skips_finished_jobs(sweep: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.jsonl")} == before
     assert (proc.stdout + proc.stderr).count("already holds a finished result") == 4
+
+
+@pytest.mark.parametrize("seconds, unit, cell", [
+    ((0.0000025, 0.025), "Seconds", "0.03 (0.00 + 0.03)"),  # a smoke job: was 6.98e-06 (6.87e-10 + 6.98e-06) hours
+    ((600.0, 1200.0), "Minutes", "30.00 (10.00 + 20.00)"),
+    ((3600.0, 36000.0 * 30), "Hours", "301 (1.00 + 300)"),
+])
+def test_run_time_table_is_in_one_human_unit(seconds: tuple[float, float], unit: str, cell: str) -> None:
+    offline, train = seconds
+    slow = report.Cell([1.0], seeds=[0], hours_offline=[offline / 3600], hours_train=[train / 3600])
+    fast = report.Cell([1.0], seeds=[0], hours_offline=[0.0], hours_train=[1 / 3600])  # 1 s: same unit as the largest
+    built = report.Report(Path("."), "t", {"mse"}, {("d", "m"): "mse"}, ["a", "b"], {("d", "m"): {"a": slow, "b": fast}},
+                          [], [], [])
+    md = report.markdown(built)
+    run_time = md.split("## Run time")[1]
+    assert f"{unit} per job, mean over finished seeds" in run_time
+    ones = {"Seconds": "1.00", "Minutes": "0.02", "Hours": "0.00"}[unit]
+    assert f"| d | m | {cell} | {ones} (0.00 + {ones}) |" in run_time
+    assert "e-" not in run_time
