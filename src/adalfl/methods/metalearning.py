@@ -23,6 +23,7 @@ from adalfl.config import ConfigError
 from adalfl.meta.engine import LossFn, MetaEngine, MetaStep
 from adalfl.methods.base import Stats
 from adalfl.models import reset_parameters
+from adalfl.track.progress import ProgressLog
 from adalfl.train.job import Job
 
 LrFn = Callable[[], torch.Tensor]
@@ -115,6 +116,7 @@ def offline_meta_training(
     scratch.train()
     log_every = int(job.cfg.dataset.log_interval)
     skipped = 0
+    progress = ProgressLog(job.log, job.title, "offline meta step", steps)
     for step in range(1, steps + 1):
         reset_parameters(scratch)
         optimizer, _ = job.build_optimizer(list(scratch.parameters()))  # fresh state: no momentum yet
@@ -127,6 +129,7 @@ def offline_meta_training(
             if extra_scalars is not None:
                 scalars.update(extra_scalars())
             job.tracker.log("offline", step, scalars)
+        progress.update(step, meta_objective=result.meta_loss)
     if skipped:
         job.log.warning("offline phase: %d of %d meta steps skipped (non-finite meta-gradient)", skipped, steps)
     return skipped

@@ -28,6 +28,7 @@ from adalfl.meta import make_engine
 from adalfl.methods.learned_loss import OfflineLearnedLoss, build_loss
 from adalfl.methods.metalearning import offline_meta_training
 from adalfl.methods.metalearning import OfflineMetaConfig
+from adalfl.track.progress import ProgressLog
 from adalfl.train.evaluate import evaluate
 from adalfl.train.job import Job
 
@@ -183,14 +184,15 @@ class TaylorGLO(OfflineLearnedLoss):
                 theta.copy_(torch.as_tensor(x, dtype=theta.dtype))
             return fitness_of(loss)
 
+        progress = ProgressLog(job.log, job.title, "CMA-ES generation", c.generations)
+
         def log(gen: Generation) -> None:
             job.tracker.log("offline", gen.index, {
                 "offline/cmaes_best": gen.best, "offline/cmaes_mean": gen.mean,
                 "offline/cmaes_best_so_far": gen.best_so_far, "offline/cmaes_nonfinite": gen.nonfinite,
                 "offline/cmaes_sigma": gen.sigma,
             })
-            job.log.info("[%s] CMA-ES generation %d/%d: best %.4g, mean %.4g, best so far %.4g",
-                         job.title, gen.index, c.generations, gen.best, gen.mean, gen.best_so_far)
+            progress.update(gen.index, best_fitness=gen.best, mean_fitness=gen.mean, best_so_far=gen.best_so_far)
 
         x0 = theta.detach().cpu().double().numpy().copy()
         best_x, best_f = cmaes_minimise(fitness, x0, c.sigma, c.population, c.generations, int(job.cfg.seed), log)
