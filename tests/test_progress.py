@@ -89,8 +89,12 @@ def test_cmaes_search_logs_its_generations(job_dir: Path, monkeypatch: pytest.Mo
         run(tiny("method=taylorglo", "offline.population=3", "offline.generations=2", "offline.partial_steps=3",
                  "dataset.steps=5"), out_dir=job_dir)
     lines = _lines(caplog, "CMA-ES generation")
-    assert [line.split("CMA-ES generation ")[1].split(" ")[0] for line in lines] == ["0/2", "1/2", "2/2"]
-    assert "best fitness" in lines[-1] and "best so far" in lines[-1] and lines[-1].endswith("done")
+    ends = [line for line in lines if "best fitness" in line]  # one per generation, x0 as generation 0
+    assert [line.split("CMA-ES generation ")[1].split(" ")[0] for line in ends] == ["0/2", "1/2", "2/2"]
+    assert "best so far" in ends[-1] and ends[-1].endswith("done") and lines[-1] == ends[-1]
+    # and one before each candidate's partial training, so a long generation shows life too
+    assert len(lines) - len(ends) == 1 + 3 * 2
+    assert all(line.endswith("left") for line in lines if line not in ends)
 
 
 def test_training_lines_give_way_to_the_progress_bar_on_a_terminal(

@@ -14,6 +14,7 @@ Two searches over the same 8 numbers:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -179,12 +180,16 @@ class TaylorGLO(OfflineLearnedLoss):
         theta.requires_grad_(False)  # partial training must not accumulate gradients into theta
         fitness_of = PartialTraining(job, c.partial_steps)
 
+        progress = ProgressLog(job.log, job.title, "CMA-ES generation", c.generations)
+        evaluated = itertools.count()  # candidates trained so far, x0 (generation 0) first
+
         def fitness(x: np.ndarray) -> float:
+            # a line inside long generations too (at most every 20 s): a generation can outlast a minute
+            progress.update(max(0, next(evaluated) - 1) / c.population)
             with torch.no_grad():
                 theta.copy_(torch.as_tensor(x, dtype=theta.dtype))
             return fitness_of(loss)
 
-        progress = ProgressLog(job.log, job.title, "CMA-ES generation", c.generations)
 
         def log(gen: Generation) -> None:
             job.tracker.log("offline", gen.index, {

@@ -59,8 +59,9 @@ class ProgressLog:
         self.clock = clock
         self.started = self.last = clock()
 
-    def update(self, step: int, **values: Value) -> None:
-        """Called once per step; writes a line when ``interval_s`` has passed, and at the last step."""
+    def update(self, step: float, **values: Value) -> None:
+        """Called once per step; writes a line when ``interval_s`` has passed, and at the last step.
+        A fractional step (part of a CMA-ES generation) counts towards the estimate of the time left."""
         if not self.enabled:
             return
         now = self.clock()
