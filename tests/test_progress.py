@@ -64,6 +64,18 @@ def test_time_left_counts_only_this_run_s_steps_and_disabled_is_silent(caplog: p
     ]
 
 
+def test_numbers_are_kept_for_later_lines_and_tensors_are_not(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    ticker = ProgressLog(logging.getLogger("adalfl"), "job", "CMA-ES generation", total=10, interval_s=0.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="adalfl"):
+        ticker.update(1, best_so_far=0.25, meta_loss=torch.tensor(3.0, requires_grad=True) * 2)
+        ticker.update(1.5)  # inside generation 2: no values of its own
+    first, second = _lines(caplog, "CMA-ES generation")
+    assert "best so far 0.25, meta loss 6" in first
+    assert "best so far 0.25" in second and "meta loss" not in second
+    assert ticker.kept == {"best_so_far": 0.25}
+
+
 def test_durations_read_in_seconds_minutes_or_hours() -> None:
     assert [format_duration(s) for s in (4.2, 99, 150, 7199, 7200, 90000)] == [
         "4 s", "99 s", "2.5 min", "120.0 min", "2.00 h", "25.00 h"]
@@ -89,12 +101,15 @@ def test_cmaes_search_logs_its_generations(job_dir: Path, monkeypatch: pytest.Mo
         run(tiny("method=taylorglo", "offline.population=3", "offline.generations=2", "offline.partial_steps=3",
                  "dataset.steps=5"), out_dir=job_dir)
     lines = _lines(caplog, "CMA-ES generation")
-    ends = [line for line in lines if "best fitness" in line]  # one per generation, x0 as generation 0
-    assert [line.split("CMA-ES generation ")[1].split(" ")[0] for line in ends] == ["0/2", "1/2", "2/2"]
-    assert "best so far" in ends[-1] and ends[-1].endswith("done") and lines[-1] == ends[-1]
-    # and one before each candidate's partial training, so a long generation shows life too
-    assert len(lines) - len(ends) == 1 + 3 * 2
-    assert all(line.endswith("left") for line in lines if line not in ends)
+    # one before each candidate's partial training (x0, then 3 per generation), so a long generation
+    # shows life too, and one at the end of each generation (x0 is generation 0)
+    assert len(lines) == (1 + 3 * 2) + 3
+    generations = [int(line.split("CMA-ES generation ")[1].split("/")[0]) for line in lines]
+    assert generations == sorted(generations) and set(generations) == {0, 1, 2}
+    assert "best so far" not in lines[0]  # nothing trained yet
+    assert all("best fitness" in line and "best so far" in line for line in lines[1:])  # the last generation's
+    assert lines[-1].split("CMA-ES generation ")[1].startswith("2/2 (100%)") and lines[-1].endswith("done")
+    assert all(line.endswith("left") for line in lines[:-1])
 
 
 def test_training_lines_give_way_to_the_progress_bar_on_a_terminal(

@@ -46,8 +46,10 @@ class ProgressLog:
     """Logs ``<title> <phase> <step>/<total> (<pct>%): <name> <value>, <elapsed> elapsed, about <eta> left``.
 
     Values may be tensors or callables: they are read only when a line is written, so a GPU loop is
-    not synchronised on every step. ``enabled=False`` makes ``update`` a no-op (e.g. while a
-    progress bar shows the same on a terminal).
+    not synchronised on every step. Plain numbers are also kept for later lines that do not give
+    them (a CMA-ES line inside a generation shows the last generation's fitness); tensors are not,
+    so no step's autograd graph outlives its step. ``enabled=False`` makes ``update`` a no-op (e.g.
+    while a progress bar shows the same on a terminal).
     """
 
     def __init__(self, log: logging.Logger, title: str, phase: str, total: int, start: int = 0,
@@ -58,12 +60,14 @@ class ProgressLog:
         self.interval_s = INTERVAL_S if interval_s is None else interval_s
         self.clock = clock
         self.started = self.last = clock()
+        self.kept: dict[str, float] = {}
 
     def update(self, step: float, **values: Value) -> None:
         """Called once per step; writes a line when ``interval_s`` has passed, and at the last step.
         A fractional step (part of a CMA-ES generation) counts towards the estimate of the time left."""
         if not self.enabled:
             return
+        self.kept.update({name: value for name, value in values.items() if isinstance(value, (int, float))})
         now = self.clock()
         if now - self.last < self.interval_s and step < self.total:
             return
@@ -71,7 +75,7 @@ class ProgressLog:
         elapsed = now - self.started
         done = step - self.start
         left = elapsed / done * (self.total - step) if done > 0 else math.inf
-        parts = [f"{name.replace('_', ' ')} {number:.4g}" for name, value in values.items()
+        parts = [f"{name.replace('_', ' ')} {number:.4g}" for name, value in {**self.kept, **values}.items()
                  if (number := _number(value)) is not None]
         parts += [f"{format_duration(elapsed)} elapsed", f"about {format_duration(left)} left" if step < self.total else "done"]
         percent = 100 * step / self.total if self.total else 100.0
