@@ -277,3 +277,4 @@ def test_workspace_opens_on_the_sweep_results_grouped_by_cell(wandb_sweep: Path)
     assert all((p.groupby_aggfunc, p.groupby_rangefunc) == ("mean", "stddev") for p in panels if isinstance(p, LinePlot))
     assert {c.split(":")[1] for c in workspace.runset_settings.pinned_columns if c.startswith("summary:")} <= set(job.summary)
     workspace._to_model()  # the form `Workspace.save` sends to W&B's API: it too builds without network
+    assert wandb_workspace.main([str(wandb_sweep), "--check"]) == 0  # the command's offline mode

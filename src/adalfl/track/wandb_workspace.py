@@ -99,15 +99,24 @@ def main(argv: list[str]) -> int:
     settings = sweep_settings(positional[0])
     settings["project"] = options["--project"] or settings["project"]
     settings["entity"] = options["--entity"] or settings["entity"]
-    workspace = build(**{k: settings[k] for k in ("project", "entity", "title", "experiment", "metrics", "figures")})
+    try:
+        workspace = build(**{k: settings[k] for k in ("project", "entity", "title", "experiment", "metrics", "figures")})
+    except ImportError as err:
+        print(f"{err}: wandb-workspaces is in the dev extra: pip install -e '.[dev]'", file=sys.stderr)
+        return 1
     if check:
         print(workspace)
         return 0
-    if not workspace.entity:
-        import wandb
+    try:
+        if not workspace.entity:
+            import wandb
 
-        workspace.entity = wandb.Api().default_entity  # the logged-in user's (needs network)
-    workspace.save()
+            workspace.entity = wandb.Api().default_entity  # the logged-in user's (needs network)
+        workspace.save()
+    except Exception as err:  # noqa: BLE001 - one line: saving needs a login and W&B's API
+        print(f"could not save the workspace ({type(err).__name__}: {err}); saving needs `wandb login` and "
+              "network access (--check builds it offline)", file=sys.stderr)
+        return 1
     print(workspace.url)
     return 0
 
