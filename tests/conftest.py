@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ CONF = REPO / "conf"
 
 register_configs()
 register_resolvers()
+# W&B stages the tables a run logs in its data folder (~/.local/share/wandb) until `wandb sync`:
+# keep the tests' offline runs out of the user's.
+os.environ.setdefault("WANDB_DATA_DIR", tempfile.mkdtemp(prefix="adalfl-tests-wandb-"))
 # The tests' models are tiny: one thread is faster, and immune to a busy second core.
 torch.set_num_threads(1)
 # The meta-gradient and tangent-pass tests also run on a GPU: ADALFL_TEST_DEVICE=cuda pytest tests/test_meta.py

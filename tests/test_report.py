@@ -52,6 +52,7 @@ def test_tables_match_the_job_files(sweep: Path) -> None:
     assert "## Run time" in md and "Incomplete" not in md
     assert r"\textbf{" in (sweep / "results.tex").read_text()
     assert {p.name for p in (sweep / "figures").glob("*.png")} == {"curves_diabetes_mlp.png", "curves_digits_mlp.png"}
+    assert not (sweep / "wandb").exists() and not (sweep / ".wandb_report_run_id").exists()  # logger=none: no W&B
 
 
 def test_best_method_per_row_is_bold() -> None:
@@ -167,3 +168,22 @@ def test_a_key_only_some_jobs_know_is_no_setting_and_stopped_jobs_are_unfinished
     assert built.cells[("digits", "mlp", "")]["ce"].values == pytest.approx([10.0, 20.0])
     assert [f.name for f in built.unfinished] == ["c"] and not built.failed
     assert "| dataset | model | ce |" in report.markdown(built)  # no setting column when nothing differs
+
+
+@pytest.mark.parametrize("seconds, unit, cell", [
+    ((0.0000025, 0.025), "Seconds", "0.03 (0.00 + 0.03)"),  # a smoke job: was 6.98e-06 (6.87e-10 + 6.98e-06) hours
+    ((600.0, 1200.0), "Minutes", "30.00 (10.00 + 20.00)"),
+    ((3600.0, 36000.0 * 30), "Hours", "301 (1.00 + 300)"),
+])
+def test_run_time_table_is_in_one_human_unit(seconds: tuple[float, float], unit: str, cell: str) -> None:
+    offline, train = seconds
+    slow = report.Cell([1.0], seeds=[0], hours_offline=[offline / 3600], hours_train=[train / 3600])
+    fast = report.Cell([1.0], seeds=[0], hours_offline=[0.0], hours_train=[1 / 3600])  # 1 s: same unit as the largest
+    built = report.Report(Path("."), "t", {"mse"}, {("d", "m"): "mse"}, ["a", "b"], {("d", "m"): {"a": slow, "b": fast}},
+                          [], [], [])
+    md = report.markdown(built)
+    run_time = md.split("## Run time")[1]
+    assert f"{unit} per job, mean over finished seeds" in run_time
+    ones = {"Seconds": "1.00", "Minutes": "0.02", "Hours": "0.00"}[unit]
+    assert f"| d | m | {cell} | {ones} (0.00 + {ones}) |" in run_time
+    assert "e-" not in run_time

@@ -191,7 +191,7 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
         if tracker is not None:
             tracker.close()
         if wandb is not None:
-            wandb.summary({k: record[k] for k in ("status", "test_metric", "best_val_metric") if k in record})
+            wandb.result(record)
             wandb.finish(failed=record["status"] != "done")
     log.info(
         "[%s/%s/%s seed=%s] test %s = %.4f  (best val %.4f)  in %.1f s -> %s",

@@ -23,6 +23,7 @@ from adalfl.config import ConfigError
 from adalfl.meta.engine import LossFn, MetaEngine, MetaStep
 from adalfl.methods.base import Stats
 from adalfl.models import reset_parameters
+from adalfl.track.progress import ProgressLog
 from adalfl.train.job import Job
 
 LrFn = Callable[[], torch.Tensor]
@@ -140,6 +141,7 @@ class OfflineMetaTraining:
         scratch.train()
         log_every = int(job.cfg.dataset.log_interval)
         every = int(job.cfg.checkpoint.every)
+        progress = ProgressLog(job.log, job.title, "offline meta step", steps, start=self.step)
         for step in range(self.step + 1, steps + 1):
             reset_parameters(scratch)
             optimizer, _ = job.build_optimizer(list(scratch.parameters()))  # fresh state: no momentum yet
@@ -154,6 +156,7 @@ class OfflineMetaTraining:
                 if extra_scalars is not None:
                     scalars.update(extra_scalars())
                 job.tracker.log("offline", step, scalars)
+            progress.update(step, meta_objective=result.meta_loss)
             # The loop checkpoints right after the phase, so the last step needs none of its own.
             job.offline_boundary(due=every > 0 and step % every == 0 and step < steps)
         if self.skipped:

@@ -14,6 +14,7 @@ Two searches over the same 8 numbers:
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from adalfl.meta import make_engine
 from adalfl.methods.learned_loss import DeadLossConfig, OfflineLearnedLoss, build_loss
 from adalfl.methods.metalearning import OfflineMetaConfig, OfflineMetaTraining
 from adalfl.train import preemption
+from adalfl.track.progress import ProgressLog
 from adalfl.train.evaluate import evaluate
 from adalfl.train.job import Job
 
@@ -258,7 +260,12 @@ class TaylorGLO(OfflineLearnedLoss):
         theta.requires_grad_(False)  # partial training must not accumulate gradients into theta
         fitness_of = PartialTraining(job, c.partial_steps)
 
+        progress = ProgressLog(job.log, job.title, "CMA-ES generation", c.generations)
+        evaluated = itertools.count()  # candidates trained so far, x0 (generation 0) first
+
         def fitness(x: np.ndarray) -> float:
+            # a line inside long generations too (at most every 20 s): a generation can outlast a minute
+            progress.update(max(0, next(evaluated) - 1) / c.population)
             with torch.no_grad():
                 theta.copy_(torch.as_tensor(x, dtype=theta.dtype))
             return fitness_of(loss)
@@ -269,8 +276,7 @@ class TaylorGLO(OfflineLearnedLoss):
                 "offline/cmaes_best_so_far": gen.best_so_far, "offline/cmaes_nonfinite": gen.nonfinite,
                 "offline/cmaes_sigma": gen.sigma,
             })
-            job.log.info("[%s] CMA-ES generation %d/%d: best %.4g, mean %.4g, best so far %.4g",
-                         job.title, gen.index, c.generations, gen.best, gen.mean, gen.best_so_far)
+            progress.update(gen.index, best_fitness=gen.best, mean_fitness=gen.mean, best_so_far=gen.best_so_far)
 
         x0 = theta.detach().cpu().double().numpy().copy()
         self.cmaes = CMAESSearch(x0, c.sigma, c.population, c.generations, int(job.cfg.seed))

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 class ReportCallback(Callback):
     """Rebuilds results.md/.csv/.tex after every job (so a sweep that dies, or one whose jobs fail,
-    still leaves its tables) and once more, with figures, when the sweep ends.
+    still leaves its tables) and once more, with figures, when the sweep ends. With W&B on (the
+    config's ``logger``), each rebuild also goes to the sweep's W&B run (adalfl.track.wandb_report).
 
     A report error is logged, never raised: aggregation must not cost a job its result.
     """
@@ -32,17 +33,17 @@ class ReportCallback(Callback):
         hydra = HydraConfig.get()
         if hydra.mode != RunMode.MULTIRUN:
             return
-        self._write(Path(hydra.sweep.dir), self.figures_every_job)
+        self._write(Path(hydra.sweep.dir), self.figures_every_job, config.get("logger"))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._write(Path(config.hydra.sweep.dir), True)
+        self._write(Path(config.hydra.sweep.dir), True, config.get("logger"))
 
     @staticmethod
-    def _write(sweep: Path, with_figures: bool) -> None:
+    def _write(sweep: Path, with_figures: bool, logger: DictConfig | None) -> None:
         from adalfl.sweep import report
 
         try:
-            built = report.write(sweep, with_figures=with_figures)
+            built = report.write(sweep, with_figures=with_figures, logger=logger)
             if with_figures:
                 log.info("sweep report: %s\n%s", sweep / "results.md", report.markdown(built))
         except Exception as err:  # noqa: BLE001

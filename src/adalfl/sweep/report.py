@@ -6,7 +6,8 @@ writes, into that folder:
 * ``results.md`` / ``results.csv`` / ``results.tex``: rows dataset x model (x setting), columns
   methods, the final test metric as mean ± standard deviation over finished seeds, the best per
   row in bold, the number of finished seeds; failed, unfinished and never-started jobs listed; and
-  the run-time table (hours per method, mean over seeds, split into the offline phase and training).
+  the run-time table (time per job and method, mean over seeds, split into the offline phase and
+  training, in seconds, minutes or hours as fits the table).
 * ``figures/curves_<dataset>_<model>[_<setting>].png``: test metric against training step per
   method, mean with a ± std band over seeds.
 * ``figures/learned_loss_<dataset>_<model>[_<setting>].png``: AdaLFL's learned loss through training.
@@ -17,6 +18,9 @@ compared with the other jobs of its dataset x model: a setting that differs, e.g
 ``optimizer.lr=0.01,0.1``, makes separate rows named by the ``setting`` column, and a differing
 method setting (``method.*``) separate columns, e.g. ``adalfl [meta.online_lr=0.0001]``. A key only
 some jobs have (a version of the code that lacked it) is not a difference.
+
+With W&B on (``logger`` given to ``write``), the same tables and figures also go to the sweep's one
+W&B run (``adalfl.track.wandb_report``).
 
 Works on partial sweeps, so it can be run at any time: ``python -m adalfl.report <sweep folder>``.
 """
@@ -30,6 +34,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
@@ -269,57 +274,114 @@ def _fmt(cell: Cell | None) -> str:
     return f"{text} ({extra})"
 
 
-def _hours(cell: Cell | None) -> str:
+# Run-time units: the largest mean total of the table picks one unit for every cell, so the
+# cells compare at a glance (a CE job of a smoke sweep is 0.03 s, a CIFAR table's jobs are hours).
+TIME_UNITS = (("seconds", 1.0, 120.0), ("minutes", 60.0, 2 * 3600.0), ("hours", 3600.0, math.inf))
+
+
+def time_unit(report: Report) -> tuple[str, float]:
+    """The run-time table's unit and its length in seconds."""
+    totals = [
+        3600 * (statistics.fmean(cell.hours_offline) + statistics.fmean(cell.hours_train))
+        for by_method in report.cells.values() for cell in by_method.values() if cell.hours_train
+    ]
+    largest = max(totals, default=0.0)
+    return next((name, seconds) for name, seconds, below in TIME_UNITS if largest < below)
+
+
+def _duration(value: float) -> str:
+    """Plain decimals, never 6.98e-06: two of them below 100, none from 100 up."""
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def _run_time(cell: Cell | None, seconds_per_unit: float) -> str:
     if cell is None or not cell.hours_train:
         return "–"
-    offline, train = statistics.fmean(cell.hours_offline), statistics.fmean(cell.hours_train)
-    return f"{offline + train:.3g} ({offline:.3g} + {train:.3g})"
+    scale = 3600 / seconds_per_unit
+    offline, train = scale * statistics.fmean(cell.hours_offline), scale * statistics.fmean(cell.hours_train)
+    return f"{_duration(offline + train)} ({_duration(offline)} + {_duration(train)})"
 
 
-def _row_header(report: Report) -> tuple[str, str]:
-    if report.has_settings:
-        return "| dataset | model | setting | ", "|---|---|---|"
-    return "| dataset | model | ", "|---|---|"
+@dataclass
+class Table:
+    """One table of the report as text cells: results.md prints it, W&B gets it as a wandb.Table."""
+
+    key: str  # short name: the W&B key is results/<key>
+    caption: str
+    columns: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) of each row's best cell
 
 
-def _row_cells(report: Report, row: Row) -> str:
-    if report.has_settings:
-        return f"| {row[0]} | {row[1]} | {row[2] or '–'} | "
-    return f"| {row[0]} | {row[1]} | "
+def metric_label(report: Report) -> str:
+    return " / ".join(METRIC_LABEL.get(m, m) for m in sorted(report.metric_names)) or "test metric"
+
+
+def _row_columns(report: Report) -> list[str]:
+    """dataset, model, and the setting when any row has one (only seeds are pooled)."""
+    return ["dataset", "model", "setting"] if report.has_settings else ["dataset", "model"]
+
+
+def _row_values(report: Report, row: Row) -> list[str]:
+    return [row[0], row[1], row[2] or "–"] if report.has_settings else [row[0], row[1]]
+
+
+def results_table(report: Report) -> Table:
+    pooled = (" Only seeds are pooled: jobs that differ in any other setting are separate rows (setting) "
+              "or columns ([method settings])." if report.has_settings or any("[" in m for m in report.methods) else "")
+    head = _row_columns(report)
+    table = Table("table", f"Final {metric_label(report)}, mean ± standard deviation over finished seeds (n); "
+                  "lower is better, best per row in **bold**." + pooled, [*head, *report.methods], [])
+    for row, by_method in report.cells.items():
+        best = report.best(row)
+        table.rows.append([*_row_values(report, row), *(_fmt(by_method.get(method)) for method in report.methods)])
+        if best is not None:
+            table.bold.add((len(table.rows) - 1, len(head) + report.methods.index(best)))
+    return table
+
+
+def paired_table(report: Report) -> Table:
+    table = Table("paired", f"Per seed, method minus {BASELINE} (negative: the method is better); "
+                  "wins: seeds where it is lower.", [*_row_columns(report), "method", "seeds", "mean difference", "wins"], [])
+    for row, by_method in report.cells.items():
+        for p in paired_with_baseline(by_method):
+            table.rows.append([*_row_values(report, row), p.method, str(p.n), f"{p.mean_difference:+.2f}",
+                               f"{p.wins}/{p.n}"])
+    return table
+
+
+def run_time_table(report: Report) -> Table:
+    unit, seconds = time_unit(report)
+    table = Table("run_time", f"{unit.capitalize()} per job, mean over finished seeds: total (offline meta-learning + "
+                  "training and evaluation).", [*_row_columns(report), *report.methods], [])
+    for row, by_method in report.cells.items():
+        table.rows.append([*_row_values(report, row), *(_run_time(by_method.get(m), seconds) for m in report.methods)])
+    return table
+
+
+def tables(report: Report) -> list[Table]:
+    """The report's tables, in the order results.md shows them (paired only when there is a pair)."""
+    paired = paired_table(report)
+    return [results_table(report), *([paired] if paired.rows else []), run_time_table(report)]
+
+
+def _markdown_table(table: Table) -> list[str]:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for i, row in enumerate(table.rows):
+        cells = [f"**{text}**" if (i, j) in table.bold else text for j, text in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+HEADINGS = {"paired": f"## Paired with {BASELINE}", "run_time": "## Run time"}
 
 
 def markdown(report: Report) -> str:
-    metric = " / ".join(METRIC_LABEL.get(m, m) for m in sorted(report.metric_names)) or "test metric"
-    head, rule = _row_header(report)
-    lines = [
-        f"# Results: {report.title}",
-        "",
-        f"Final {metric}, mean ± standard deviation over finished seeds (n); lower is better, "
-        "best per row in **bold**."
-        + (" Only seeds are pooled: jobs that differ in any other setting are separate rows (setting) "
-           "or columns ([method settings])." if report.has_settings or any("[" in m for m in report.methods) else ""),
-        "",
-        head + " | ".join(report.methods) + " |",
-        rule + "---|" * len(report.methods),
-    ]
-    for row, by_method in report.cells.items():
-        best = report.best(row)
-        cells = []
-        for method in report.methods:
-            text = _fmt(by_method.get(method))
-            cells.append(f"**{text}**" if method == best else text)
-        lines.append(_row_cells(report, row) + " | ".join(cells) + " |")
-    paired_rows = [(row, p) for row, by_method in report.cells.items() for p in paired_with_baseline(by_method)]
-    if paired_rows:
-        lines += ["", f"## Paired with {BASELINE}", "",
-                  f"Per seed, method minus {BASELINE} (negative: the method is better); wins: seeds where it is lower.", "",
-                  head + "method | seeds | mean difference | wins |", rule + "---|---|---|---|"]
-        for row, p in paired_rows:
-            lines.append(_row_cells(report, row) + f"{p.method} | {p.n} | {p.mean_difference:+.2f} | {p.wins}/{p.n} |")
-    lines += ["", "## Run time", "", "Hours per job, mean over finished seeds: total (offline meta-learning + training and evaluation).", ""]
-    lines += [head + " | ".join(report.methods) + " |", rule + "---|" * len(report.methods)]
-    for row, by_method in report.cells.items():
-        lines.append(_row_cells(report, row) + " | ".join(_hours(by_method.get(m)) for m in report.methods) + " |")
+    lines = [f"# Results: {report.title}"]
+    for table in tables(report):
+        if table.key in HEADINGS:
+            lines += ["", HEADINGS[table.key]]
+        lines += ["", table.caption, "", *_markdown_table(table)]
     if report.failed or report.unfinished or report.missing:
         lines += ["", "## Incomplete", ""]
         for job in report.failed:
@@ -411,12 +473,17 @@ def _slug(text: str) -> str:
     return slug if len(slug) <= 80 else slug[:60] + "_" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def write(sweep: Path, with_figures: bool = True) -> Report:
-    """Build the report and write its files into the sweep folder."""
+def write(sweep: Path, with_figures: bool = True, logger: Mapping[str, Any] | None = None) -> Report:
+    """Build the report and write its files into the sweep folder; with a W&B ``logger`` node (the
+    sweep's ``cfg.logger``), also send the tables and the figures written now to the sweep's W&B run."""
     report = build(sweep)
+    csv_body = csv_text(report)
     atomic_write_bytes(sweep / "results.md", markdown(report).encode())
-    atomic_write_bytes(sweep / "results.csv", csv_text(report).encode())
+    atomic_write_bytes(sweep / "results.csv", csv_body.encode())
     atomic_write_bytes(sweep / "results.tex", latex(report).encode())
-    if with_figures:
-        figures(report)
+    written = figures(report) if with_figures else []
+    if logger is not None:
+        from adalfl.track.wandb_report import publish
+
+        publish(report, tables(report), csv_body, written, logger)
     return report

@@ -19,7 +19,8 @@ from adalfl.config import model_name
 log = logging.getLogger(__name__)
 
 
-def _has_credentials() -> bool:
+def has_credentials() -> bool:
+    """Whether online mode can log in without asking (W&B would otherwise prompt or fail)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
@@ -38,7 +39,7 @@ class WandbLogger:
         mode = cfg.logger.mode
         if cfg.logger.name != "wandb" or mode == "disabled":
             return
-        if mode == "online" and not _has_credentials():
+        if mode == "online" and not has_credentials():
             log.warning(
                 "W&B online mode needs credentials (`wandb login` or WANDB_API_KEY); "
                 "continuing without W&B, local results are unaffected"
@@ -58,7 +59,7 @@ class WandbLogger:
                 config=OmegaConf.to_container(cfg, resolve=True),
                 dir=str(out_dir),
                 mode=mode,
-                id=_run_id(out_dir),
+                id=run_id(out_dir),
                 resume="allow",
                 reinit="finish_previous",
                 settings=wandb.Settings(init_timeout=float(cfg.logger.init_timeout), console="off", silent=True),
@@ -98,6 +99,10 @@ class WandbLogger:
         except Exception as err:  # noqa: BLE001
             self._give_up(err)
 
+    def result(self, record: dict[str, Any]) -> None:
+        """The job's result.json record as the run's summary (see ``run_summary``)."""
+        self.summary(run_summary(record))
+
     def finish(self, failed: bool = False) -> None:
         if self.run is None:
             return
@@ -116,9 +121,24 @@ class WandbLogger:
         self.run = None
 
 
-def _run_id(out_dir: Path) -> str:
-    """A run id stored in the job folder, so a resumed job continues the same W&B run."""
-    path = out_dir / ".wandb_run_id"
+# What a W&B runs table needs to rebuild the paper's table with W&B's own grouping (by dataset, model
+# and method, mean ± std over seeds), as in result.json.
+SUMMARY_KEYS = ("status", "dataset", "model", "method", "seed", "metric_name", "test_metric", "best_val_metric",
+                "best_val_step", "test_metric_at_best_val", "final_val_metric", "steps")
+
+
+def run_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A job's W&B summary from its result.json record: the keys above that the job reached, and
+    the wall time of each phase as ``wall_time_s/<phase>`` (offline, train, eval, total)."""
+    summary = {key: record[key] for key in SUMMARY_KEYS if record.get(key) is not None}
+    summary.update({f"wall_time_s/{phase}": seconds for phase, seconds in record.get("wall_time_s", {}).items()})
+    return summary
+
+
+def run_id(out_dir: Path, file_name: str = ".wandb_run_id") -> str:
+    """A run id stored in the folder, so a resumed job (or a rebuilt sweep report) continues the
+    same W&B run."""
+    path = out_dir / file_name
     if path.exists():
         return path.read_text().strip()
     import uuid

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from adalfl.methods.base import Method
+from adalfl.track.progress import ProgressLog
 from adalfl.train import preemption
 from adalfl.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from adalfl.train.evaluate import evaluate
@@ -115,6 +116,7 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
         dynamic_ncols=True,
         leave=False,
     )
+    ticker = ProgressLog(job.log, job.title, "training step", total, start=progress.step, enabled=bar.disable)
     model.train()
     while progress.step < total:
         with job.timer.phase("train"):
@@ -124,6 +126,7 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
         progress.step += 1
         step = progress.step
         bar.update(1)
+        ticker.update(step, base_loss=stats.get("train/base_loss"))
         last = step == total
         scalars: dict[str, float | torch.Tensor] = {}
         if step % log_every == 0 or last:
