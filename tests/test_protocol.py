@@ -197,3 +197,16 @@ def test_protocol_doc_agrees_with_the_dataset_configs() -> None:
             value = list(d[key]) if key == "milestones" else d[key]
             assert _setting(rows[label]) == value, (name, label, rows[label], value)
         assert rows["default model"].startswith(f"`{PROTOCOL[name]['model']}`"), name
+
+
+def test_claims_experiment_runs_every_method_on_real_data_at_the_defaults() -> None:
+    cfg = _experiment("claims")
+    params = cfg.hydra.sweeper.params
+    assert params.dataset.split(",") == ["fashion_mnist", "digits", "diabetes"]
+    assert set(params.method.split(",")) == {"ce", "adalfl", "ml3", "taylorglo"}
+    assert params.seed.split(",") == ["0", "1", "2", "3", "4"]
+    assert "model" not in params  # each dataset brings its own: the author's LeNet-5, the MLPs
+    assert _target(compose_config("+experiment=claims", "dataset=fashion_mnist")) == "LeNet5"
+    # only TaylorGLO's search is cheaper than the protocol; every other value is the default
+    assert (cfg.offline.population, cfg.offline.generations, cfg.offline.partial_steps) == (10, 10, 250)
+    assert cfg.offline.steps == 2500 and cfg.offline.ml3_steps == 250
