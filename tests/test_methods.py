@@ -96,9 +96,10 @@ def test_methods_resume_to_the_same_metrics(method: str, tmp_path: Path) -> None
 
 
 def test_offline_budget_comes_from_the_shared_node_and_can_be_overridden_per_method() -> None:
-    for method in ("ml3", "adalfl", "metalr", "taylorglo"):
+    for method in ("adalfl", "metalr", "taylorglo"):
         cfg = compose_config(f"method={method}", "offline.steps=7")
         assert cfg.method.meta.init_steps == 7
+    assert compose_config("method=ml3", "offline.ml3_steps=7").method.meta.init_steps == 7  # ML3: the author's 250
     cfg = compose_config("method=taylorglo", "offline.population=5", "offline.generations=3", "offline.partial_steps=9")
     assert (cfg.method.cmaes.population, cfg.method.cmaes.generations, cfg.method.cmaes.partial_steps) == (5, 3, 9)
     assert compose_config("method=ml3", "offline.steps=7", "method.meta.init_steps=3").method.meta.init_steps == 3
@@ -111,7 +112,7 @@ def test_invalid_values_are_refused(job_dir: Path) -> None:
     with pytest.raises(ConfigError, match="population"):
         run(tiny("method=taylorglo", "offline.population=1"), out_dir=job_dir / "b")
     with pytest.raises(ConfigError, match="init_steps"):
-        run(tiny("method=ml3", "offline.steps=-1"), out_dir=job_dir / "c")
+        run(tiny("method=ml3", "offline.ml3_steps=-1"), out_dir=job_dir / "c")
     with pytest.raises(ConfigError, match="initial_lr"):
         run(tiny("method=metalr", "method.initial_lr=0"), out_dir=job_dir / "d")
 

@@ -127,8 +127,9 @@ def test_offline_budgets() -> None:
     c = cfg.method.cmaes
     assert (c.population, c.generations, c.partial_steps, c.sigma) == (25, 50, 500, 1.2)
     assert c.population * c.generations * c.partial_steps == 625_000
-    for method in ("adalfl", "ml3", "metalr"):
+    for method in ("adalfl", "metalr"):
         assert compose_config(f"method={method}").method.meta.init_steps == 2500
+    assert compose_config("method=ml3").method.meta.init_steps == 250  # the author's code
     adalfl = compose_config("method=adalfl").method  # paper: Adam 1e-3 offline, 1e-5 online; 2 x 40 units
     assert (adalfl.meta.init_lr, adalfl.meta.online_lr) == (1e-3, 1e-5)
     assert list(adalfl.loss.hidden) == [40, 40] and adalfl.loss.activation == "smooth_leaky_relu"
