@@ -87,7 +87,7 @@ def test_job_without_a_terminal_logs_every_phase(job_dir: Path, monkeypatch: pyt
     (interval 0 here: a line per step, so the test need not wait)."""
     monkeypatch.setattr(progress_module, "INTERVAL_S", 0.0)
     with caplog.at_level(logging.INFO, logger="adalfl"):
-        run(tiny("method=ml3", "offline.steps=6", "dataset.steps=10"), out_dir=job_dir)
+        run(tiny("method=ml3", "offline.ml3_steps=6", "dataset.steps=10"), out_dir=job_dir)
     offline = _lines(caplog, "offline meta step")
     assert [int(re.search(r"step (\d+)/6", line).group(1)) for line in offline] == list(range(1, 7))
     assert all(re.search(r"meta objective [\d.]+, \d+ s elapsed, (about \d+ s left|done)$", line) for line in offline)

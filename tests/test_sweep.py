@@ -130,7 +130,7 @@ def test_job_folders_with_paths_sit_in_the_sweep_folder_and_rerun_skips_them(tmp
 
     again = run_main(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(_lines_with(again.stdout + again.stderr, "already holds a finished result; skipping")) == 2
+    assert len(_lines_with(again.stdout + again.stderr, "already holds a finished result of this config; skipping")) == 2
     assert {job: (job / "result.json").read_bytes() for job in jobs} == finished
     assert sorted(hydra.parent for hydra in sweep.rglob(".hydra")) == sorted(jobs)
 
