@@ -97,7 +97,7 @@ def _log_run(report: "Report", tables: list["Table"], csv_body: str, figures: li
         name=f"report-{report.title}",
         tags=sorted(set(tags)),
         config={"experiment": report.title, "sweep_dir": str(sweep.resolve()), "methods": report.methods,
-                "rows": [f"{dataset}/{model}" for dataset, model in report.cells]},
+                "rows": ["/".join(part for part in row if part) for row in report.cells]},
         dir=str(sweep),
         mode=mode,
         id=identifier,
