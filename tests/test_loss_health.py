@@ -61,3 +61,11 @@ def test_regression_loss_flat_away_from_zero_is_flagged() -> None:
     assert saturated["free_wrong"] == 0 and saturated["flat_t0"] > 0.5  # flat, but mistakes still cost
     bad = _health(REGRESSION, lambda p, y: torch.where((p - y).abs() < 0.9, (p - y) ** 2, torch.zeros_like(p)))
     assert bad["free_wrong"] == 1.0 and health_warning(bad) is not None
+
+
+def test_regression_loss_that_rewards_overshooting_a_large_target_is_flagged() -> None:
+    # the shape Algorithm 1 learned on Diabetes with (prediction, target) inputs: sound around
+    # target 0, but for a target of 2 a larger prediction always costs less (a runaway direction)
+    runaway = _health(REGRESSION, lambda p, y: (p - y).abs() - 2 * y.clamp(min=0) * p)
+    assert runaway["free_wrong"] > 0 and health_warning(runaway) is not None
+    assert _health(REGRESSION, lambda p, y: (p - y).abs())["free_wrong"] == 0

@@ -392,3 +392,22 @@ def test_replaced_swaps_shared_parameters_and_buffers_and_always_restores_them()
     with pytest.raises(RuntimeError), replaced(model, stand_ins):
         model(torch.randn(4, 5))  # a shape error inside: the model still gets its own tensors back
     assert all(a is b for a, b in zip(list(model.parameters()) + list(model.buffers()), originals))
+
+
+def test_residual_input_loss_gives_the_output_gradient_of_autograd() -> None:
+    """Regression with ``regression_input=residual``: l_phi sees prediction - target only, and the
+    slope carried along its forward is dM/d(output)."""
+    from adalfl.losses import Task
+    from adalfl.methods.learned_loss import LossNetConfig
+
+    torch.manual_seed(0)
+    task = Task("regression", 3)
+    loss = LossNetConfig(regression_input="residual").build(task, torch.device("cpu")).double()
+    assert loss.pointwise.net[0].weight.shape[1] == 1
+    output = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(6, 3, dtype=torch.float64)
+    value, slopes = loss.value_and_output_gradient(output, target)
+    (expected,) = torch.autograd.grad(loss(output, target), output)
+    torch.testing.assert_close(slopes, expected)
+    # shifting prediction and target together leaves a residual loss unchanged
+    torch.testing.assert_close(loss(output + 1.5, target + 1.5), value)

@@ -188,7 +188,8 @@ INITS = ("default", "xavier", "kaiming_normal", "normal")
 
 
 class PointwiseNetwork(nn.Module):
-    """l_phi: R^2 -> R, a small MLP on (prediction, target) pairs.
+    """l_phi: R^2 -> R, a small MLP on (prediction, target) pairs; with ``inputs=1``, l_phi: R -> R
+    on regression residuals (prediction - target).
 
     ``bias=False`` gives a network without bias terms (the first author's ML3 and later loss
     networks): with a leaky activation it is close to positively homogeneous, so its shape away
@@ -206,14 +207,17 @@ class PointwiseNetwork(nn.Module):
         gamma: float = 0.01,
         init: str = "default",
         bias: bool = True,
+        inputs: int = 2,
     ) -> None:
         super().__init__()
         if not hidden or any(int(w) <= 0 for w in hidden):
             raise ValueError(f"loss network needs at least one hidden layer of positive width, got {list(hidden)}")
         if init not in INITS:
             raise ValueError(f"unknown loss-network init {init!r}: use one of {list(INITS)}")
+        if inputs not in (1, 2):
+            raise ValueError(f"a pointwise loss network takes 1 (residual) or 2 (prediction, target) inputs, got {inputs}")
         layers: list[nn.Module] = []
-        size = 2
+        size = inputs
         for width in hidden:
             layers += [nn.Linear(size, int(width), bias=bias), _activation(activation, beta, gamma)]
             size = int(width)
@@ -257,14 +261,25 @@ class OutputWiseLoss(nn.Module):
     learned part then corrects L_T instead of replacing it. A pointwise function that provides
     ``value_and_slope(pairs)`` (l and dl/dprediction) makes the meta-gradient cheaper."""
 
-    def __init__(self, task: Task, pointwise: nn.Module, reduction: str = "mean", task_loss_term: bool = False) -> None:
+    def __init__(self, task: Task, pointwise: nn.Module, reduction: str = "mean", task_loss_term: bool = False,
+                 residual: bool = False) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction over outputs {reduction!r}: use one of {list(REDUCTIONS)}")
+        if residual and task.classification:
+            raise ValueError("residual inputs are for regression; classification feeds (probability, one-hot) pairs")
         self.task = task
         self.pointwise = pointwise
         self.reduction = reduction
         self.task_loss_term = bool(task_loss_term)
+        self.residual = bool(residual)
+
+    def _network_inputs(self, prediction: torch.Tensor, target_values: torch.Tensor) -> torch.Tensor:
+        """(..., 2) pairs (prediction, target), or (..., 1) residuals prediction - target. For a
+        residual d/d(input) is d/d(prediction), so the slope the network carries along is unchanged."""
+        if self.residual:
+            return (prediction - target_values).unsqueeze(-1)
+        return torch.stack((prediction, target_values), dim=-1)
 
     def _reduce(self, values: torch.Tensor) -> torch.Tensor:
         """(B, C) pointwise values -> M."""
@@ -272,8 +287,7 @@ class OutputWiseLoss(nn.Module):
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prediction, target_values = self.task.loss_inputs(output, target)
-        pairs = torch.stack((prediction, target_values), dim=-1)
-        loss = self._reduce(self.pointwise(pairs))
+        loss = self._reduce(self.pointwise(self._network_inputs(prediction, target_values)))
         return loss + self.task.loss(output, target) if self.task_loss_term else loss
 
     def value_and_output_gradient(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,7 +304,7 @@ class OutputWiseLoss(nn.Module):
             (slopes,) = torch.autograd.grad(loss, leaf, create_graph=True)
             return loss, slopes
         prediction, target_values = self.task.loss_inputs(output, target)
-        values, slopes = self.pointwise.value_and_slope(torch.stack((prediction, target_values), dim=-1))
+        values, slopes = self.pointwise.value_and_slope(self._network_inputs(prediction, target_values))
         # M is the mean over examples (and over outputs for reduction="mean")
         slopes = slopes / (values.numel() if self.reduction == "mean" else values.shape[0])
         if self.task.classification:  # through the softmax: p * (g - <p, g>)
@@ -309,8 +323,7 @@ class OutputWiseLoss(nn.Module):
     @torch.no_grad()
     def curve(self, points: torch.Tensor, target_value: float) -> torch.Tensor:
         """l(prediction, target) for a fixed target value over a grid of predictions (for plots)."""
-        pairs = torch.stack((points, torch.full_like(points, target_value)), dim=-1)
-        return self.pointwise(pairs)
+        return self.pointwise(self._network_inputs(points, torch.full_like(points, target_value)))
 
 
 TAYLOR_TERMS = ("u", "u^2", "u^3", "u*v", "u^2*v", "u*v^2")

@@ -37,6 +37,7 @@ class LossNetConfig:
     bias: bool = False
     reduction: str = "mean"  # over outputs: mean (paper) | sum (author's EvoMAL code)
     task_loss_term: bool = False  # M = L_T + l_phi (the author's later loss networks)
+    regression_input: str = "residual"  # regression only: pair (prediction, target) | residual (prediction - target)
 
     def check(self, key: str = "method.loss") -> None:
         """Refuse unusable values at start-up, naming the key and the allowed values (the network
@@ -51,15 +52,18 @@ class LossNetConfig:
             raise ConfigError(f"{key}.init must be one of {list(INITS)}, got {self.init!r}")
         if self.reduction not in REDUCTIONS:
             raise ConfigError(f"{key}.reduction must be one of {list(REDUCTIONS)}, got {self.reduction!r}")
+        if self.regression_input not in ("pair", "residual"):
+            raise ConfigError(f"{key}.regression_input must be 'pair' or 'residual', got {self.regression_input!r}")
         if not self.beta > 0 or not 0 <= self.gamma < 1:
             raise ConfigError(f"{key}.beta must be > 0 and {key}.gamma in [0, 1), got beta={self.beta}, gamma={self.gamma}")
 
     def build(self, task: Task, device: torch.device) -> OutputWiseLoss:
+        residual = not task.classification and self.regression_input == "residual"
         pointwise = PointwiseNetwork(
             hidden=self.hidden, activation=self.activation, output_activation=self.output_activation,
-            beta=self.beta, gamma=self.gamma, init=self.init, bias=self.bias,
+            beta=self.beta, gamma=self.gamma, init=self.init, bias=self.bias, inputs=1 if residual else 2,
         )
-        return OutputWiseLoss(task, pointwise, self.reduction, self.task_loss_term).to(device)
+        return OutputWiseLoss(task, pointwise, self.reduction, self.task_loss_term, residual).to(device)
 
 
 def loss_curves(loss: OutputWiseLoss, task: Task, step: int) -> dict:
@@ -72,6 +76,7 @@ def loss_curves(loss: OutputWiseLoss, task: Task, step: int) -> dict:
     return {"step": step, "x": x.tolist(), "target_0": loss.curve(x, 0.0).tolist()}
 
 
+REGRESSION_TARGETS = (-2.0, 0.0, 2.0)  # target values whose residual curves loss_health checks
 FLAT_SLOPE = 1e-3  # |dl/dprediction| below this fraction of the loss's scale counts as flat
 
 
@@ -85,8 +90,9 @@ def loss_health(loss: OutputWiseLoss, task: Task) -> dict[str, float]:
     - ``scale``: the spread (max - min) of l over the grids; a loss grown to thousands acts as a
       huge learning rate, one shrunk to ~0 as none.
     - ``free_wrong``: fraction of confident wrong predictions (a wrong class's probability >= 0.5,
-      or a residual of magnitude >= 1) that cost no more than the right prediction (probability 0
-      for a wrong class, residual 0). Above 0, training is never pushed away from those mistakes.
+      or a residual of magnitude >= 1 around the targets -2, 0 and 2) that cost no more than the right
+      prediction (probability 0 for a wrong class, residual 0). Above 0, training is never pushed
+      away from those mistakes.
     - ``free_miss`` (classification): the same for the true class predicted at probability <= 0.5
       against probability 1.
     """
@@ -94,13 +100,14 @@ def loss_health(loss: OutputWiseLoss, task: Task) -> dict[str, float]:
     curves: dict[str, torch.Tensor] = {}
     if task.classification:
         x = torch.linspace(0, 1, 101, device=device)
-        targets = {"t0": 0.0, "t1": 1.0}
+        curves = {"t0": loss.curve(x, 0.0).double(), "t1": loss.curve(x, 1.0).double()}
     else:
+        # Residual grid around targets -2, 0 and 2 (standardised targets): a (prediction, target)
+        # network can be sound at target 0 and reward over-predicting a large target.
         x = torch.linspace(-3, 3, 121, device=device)
-        targets = {"t0": 0.0}
-    for name, value in targets.items():
-        curves[name] = loss.curve(x, value).double()
-    values = torch.cat(list(curves.values()))
+        curves = {"t0": loss.curve(x, 0.0).double()}
+        around = [loss.curve(x + y, y).double() for y in REGRESSION_TARGETS]
+    values = torch.cat(list(curves.values()) + ([] if task.classification else around))
     scale = float(values.max() - values.min()) if torch.isfinite(values).all() else math.inf
     tolerance = FLAT_SLOPE * max(scale, 1e-12)
     step = float(x[1] - x[0])
@@ -108,14 +115,16 @@ def loss_health(loss: OutputWiseLoss, task: Task) -> dict[str, float]:
     for name, curve in curves.items():
         slopes = torch.diff(curve) / step
         health[f"flat_{name}"] = float((slopes.abs() <= tolerance).double().mean())
-    wrong = curves["t0"]
     if task.classification:
+        wrong = curves["t0"]
         health["free_wrong"] = float((wrong[x >= 0.5] <= wrong[0] + tolerance).double().mean())
         right = curves["t1"]
         health["free_miss"] = float((right[x <= 0.5] <= right[-1] + tolerance).double().mean())
     else:
-        centre = wrong[(x.abs() < 1e-6)][0]
-        health["free_wrong"] = float((wrong[x.abs() >= 1] <= centre + tolerance).double().mean())
+        centre = int((x.abs() < 1e-6).nonzero()[0])
+        far = x.abs() >= 1
+        free = [(curve[far] <= curve[centre] + tolerance).double().mean() for curve in around]
+        health["free_wrong"] = float(torch.stack(free).mean())
     return health
 
 
