@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Real Fashion-MNIST without downloading from its site: Debian's dataset-fashion-mnist package (60k/10k
 # idx files, gzipped) copied into the data root, where dataset=fashion_mnist reads (and unpacks) them.
+# With network access, `python main.py dataset=fashion_mnist dataset.download=true` fetches the same
+# files through torchvision instead (the one download path of every dataset, adalfl.data.files.fetch).
 #   scripts/fetch_fashion_mnist.sh [ROOT]     (ROOT defaults to $ADALFL_DATA_ROOT, else ./data)
 set -euo pipefail
 cd "$(dirname "$0")/.."

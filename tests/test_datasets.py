@@ -27,13 +27,14 @@ from adalfl.app import run
 from adalfl.config import register_configs, validate
 from adalfl.data import DataNotFoundError, load_data
 from adalfl.data.images import ImageTransform, random_crop_flip
-from adalfl.data.tabular import read_communities
+from adalfl.config import ConfigError
+from adalfl.data.tabular import read_rows
 from adalfl.sweep.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 CPU = torch.device("cpu")
-ON_DISK = ["mnist", "cifar10", "cifar100", "svhn", "california_housing", "communities_crime"]
+ON_DISK = ["mnist", "kmnist", "cifar10", "cifar100", "svhn", "california_housing", "communities_crime"]
 
 register_configs()
 register_resolvers()
@@ -64,15 +65,17 @@ def md5(path: Path) -> str:
 
 
 def write_mnist(root: Path, n_train: int = 100, n_test: int = 20, source: str = "MNIST",
-                gzipped: bool = False) -> dict[str, np.ndarray]:
+                gzipped: bool = False, prefixes: tuple[str, str] = ("train", "t10k"),
+                classes: int = 10) -> dict[str, np.ndarray]:
     """idx-ubyte files (big-endian magic 2051/2049 and sizes) in <root>/<source>/raw, as torchvision
-    reads them; ``gzipped``: only the ``*-ubyte.gz`` files, as distributions ship them."""
+    reads them; ``gzipped``: only the ``*-ubyte.gz`` files, as distributions ship them. ``prefixes``
+    name the train and test files (EMNIST: emnist-<split>-train, emnist-<split>-test)."""
     raw = root / source / "raw"
     raw.mkdir(parents=True)
     arrays = {}
-    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+    for prefix, n, seed in ((prefixes[0], n_train, 0), (prefixes[1], n_test, 1)):
         x = images(n, 1, 28, 28, seed)[:, 0]
-        y = balanced_labels(n, 10, seed).astype(np.uint8)
+        y = balanced_labels(n, classes, seed).astype(np.uint8)
         files = {f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, 28, 28) + x.tobytes(),
                  f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + y.tobytes()}
         for name, content in files.items():
@@ -80,7 +83,7 @@ def write_mnist(root: Path, n_train: int = 100, n_test: int = 20, source: str = 
                 (raw / f"{name}.gz").write_bytes(gzip.compress(content))
             else:
                 (raw / name).write_bytes(content)
-        arrays[prefix] = (x, y)
+        arrays["train" if prefix == prefixes[0] else "t10k"] = (x, y)
     return arrays
 
 
@@ -354,7 +357,7 @@ def test_communities_parser_rejects_a_malformed_row(tmp_path: Path) -> None:
     path = tmp_path / "communities.data"
     path.write_text("1,2,3\n")
     with pytest.raises(ValueError, match="3 columns, expected 128"):
-        read_communities(path)
+        read_rows(path, list(compose_config("dataset=communities_crime").dataset.columns))
 
 
 def test_communities_download_writes_the_uci_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -501,3 +504,167 @@ def test_app_trains_an_mlp_on_communities_file(tmp_path: Path) -> None:
                          "dataset.batch_size=32")  # the fixture's training split is smaller than 128
     result = _one_step(cfg, tmp_path / "job")
     assert result["status"] == "done" and np.isfinite(result["test_metric"])
+
+
+# ----------------------------------------------------------------------------- a new dataset is one YAML
+
+
+def test_kmnist_reads_its_idx_files(tmp_path: Path) -> None:
+    written = write_mnist(tmp_path, source="KMNIST", gzipped=True)
+    data = load_data(dataset_cfg("kmnist", tmp_path), CPU)
+    _assert_stratified_holdout(data, 100, 10)
+    assert data.info["source"] == "torchvision KMNIST"
+    assert torch.equal(data.test.x[:, 0], torch.from_numpy(written["t10k"][0]))
+
+
+EMNIST_YAML = """\
+# A set this repository does not ship: EMNIST's 47-class "balanced" split, one YAML, no Python.
+defaults:
+  - dataset_schema
+  - override /model@_global_.model: lenet5
+  - _self_
+name: emnist_balanced
+loader: adalfl.data.images.load_torchvision
+source: EMNIST
+source_args: {split: balanced}
+task: classification
+input_shape: [1, 28, 28]
+num_outputs: 47
+steps: 4
+batch_size: 32
+eval_interval: 2
+log_interval: 1
+lr: 0.01
+"""
+
+CSV_YAML = """\
+# A CSV with a header row: a named target that is not the last column, an id and a text column dropped.
+defaults:
+  - dataset_schema
+  - override /model@_global_.model: mlp_small
+  - _self_
+name: toy_csv
+loader: adalfl.data.tabular.load_table
+folder: toy
+file: toy.csv
+target: strength
+drop: [id, site]
+max_missing: 0.5
+task: regression
+input_shape: [3]
+num_outputs: 1
+test_fraction: 0.2
+steps: 4
+batch_size: 16
+eval_interval: 2
+log_interval: 1
+lr: 0.01
+"""
+
+
+def write_config_dir(tmp_path: Path, name: str, text: str) -> Path:
+    """A config folder holding only conf/dataset/<name>.yaml, for Hydra's search path."""
+    conf = tmp_path / "extra_conf"
+    (conf / "dataset").mkdir(parents=True)
+    (conf / "dataset" / f"{name}.yaml").write_text(text)
+    return conf
+
+
+def write_emnist(root: Path) -> None:
+    write_mnist(root, n_train=470, n_test=94, source="EMNIST", gzipped=True,
+                prefixes=("emnist-balanced-train", "emnist-balanced-test"), classes=47)
+
+
+def write_toy_csv(root: Path, n: int = 80) -> np.ndarray:
+    """toy/toy.csv: header row, columns id, a, site (text), b, strength (target), c; one gap in c."""
+    rng = np.random.default_rng(0)
+    values = np.round(rng.normal(size=(n, 4)), 3)  # a, b, c, strength
+    lines = ["id,a,site,b,strength,c"]
+    for i, (a, b, c, y) in enumerate(values):
+        lines.append(f"{i},{a},Site {i % 4},{b},{y},{'' if i == 5 else c}")
+    (root / "toy").mkdir(parents=True)
+    (root / "toy" / "toy.csv").write_text("\n".join(lines) + "\n")
+    return values
+
+
+def _search_path(conf: Path) -> str:
+    return f"hydra.searchpath=[file://{conf}]"
+
+
+@pytest.mark.parametrize(("name", "text", "write"), [("emnist_balanced", EMNIST_YAML, write_emnist),
+                                                     ("toy_csv", CSV_YAML, write_toy_csv)])
+def test_a_new_dataset_is_one_yaml_file(name: str, text: str, write, tmp_path: Path) -> None:
+    """A dataset YAML in another config folder (on Hydra's search path) and its files in their real
+    format: `python main.py dataset=<name>` trains on it, with no Python written."""
+    from conftest import run_main
+
+    conf = write_config_dir(tmp_path, name, text)
+    write(tmp_path / "data")
+    job = tmp_path / "job"
+    proc = run_main([_search_path(conf), f"dataset={name}", f"dataset.root={tmp_path / 'data'}", "method=ce",
+                     "logger=none", "progress=false", "checkpoint.every=0", f"hydra.run.dir={job}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((job / "result.json").read_text())
+    assert result["status"] == "done" and result["dataset"] == name
+    assert np.isfinite(result["test_metric"])
+
+
+def test_new_yamls_read_what_they_name(tmp_path: Path) -> None:
+    """The two YAMLs above, loaded in-process: EMNIST's split and 47 classes, the CSV's named columns."""
+    write_emnist(tmp_path / "data")
+    conf = write_config_dir(tmp_path, "emnist_balanced", EMNIST_YAML)
+    (conf / "dataset" / "toy_csv.yaml").write_text(CSV_YAML)
+    emnist = load_data(compose_config(_search_path(conf), "dataset=emnist_balanced",
+                                      f"dataset.root={tmp_path / 'data'}").dataset, CPU)
+    assert emnist.info["source"] == "torchvision EMNIST" and int(emnist.train.y.max()) == 46
+    _assert_stratified_holdout(emnist, 470, 47)
+    values = write_toy_csv(tmp_path / "data")
+    table = load_data(compose_config(_search_path(conf), "dataset=toy_csv", f"dataset.root={tmp_path / 'data'}").dataset, CPU)
+    assert (len(table.train), len(table.val), len(table.test)) == (57, 7, 16)
+    assert table.train.x.shape == (57, 3) and torch.isfinite(table.train.x).all()  # a, b, c; the gap filled
+    y_all = torch.cat([table.train.y, table.val.y, table.test.y]).flatten().double().sort().values
+    raw = torch.from_numpy(np.sort(values[:, 3]))  # the target column, wherever it stands
+    slope = (y_all[-1] - y_all[0]) / (raw[-1] - raw[0])
+    assert torch.allclose(y_all, y_all[0] + slope * (raw - raw[0]), atol=1e-4)
+
+
+def test_csv_class_names_become_indices(tmp_path: Path) -> None:
+    rows = ["x1,x2,kind"] + [f"{i},{i % 7},{['cat', 'dog', 'eel'][i % 3]}" for i in range(60)]
+    (tmp_path / "pets.csv").write_text("\n".join(rows) + "\n")
+    data = load_data(dataset_cfg("communities_crime", tmp_path, "dataset.folder=''", "dataset.file=pets.csv",
+                                 "dataset.columns=null", "dataset.target=kind", "dataset.drop=[]",
+                                 "dataset.task=classification", "dataset.num_outputs=3", "dataset.input_shape=[2]"), CPU)
+    assert sorted(torch.cat([data.train.y, data.val.y, data.test.y]).unique().tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["dataset=mnist", "dataset.source=MNST"], "torchvision.datasets has no dataset class 'MNST'"),
+    (["dataset=mnist", "dataset.source=utils"], "no dataset class 'utils'"),
+    (["dataset=mnist", "dataset.part_arg=split"], "part_arg of torchvision MNIST: .*'split'"),
+    (["dataset=mnist", "dataset.part_arg=part"], r"dataset.part_arg must be one of \['train', 'split'\]"),
+    (["dataset=digits", "dataset.source=load_digitz"], "sklearn.datasets has no load_\\* or fetch_\\* function 'load_digitz'"),
+    (["dataset=digits", "dataset.source=null"], "set exactly one of dataset.source"),
+    (["dataset=communities_crime", "dataset.target=Crimes"], r"no column \['Crimes'\] in .*communities.data"),
+    (["dataset=communities_crime", "dataset.drop=[state, fold, town]"], r"no column \['town'\]"),
+    (["dataset=communities_crime", "dataset.drop=[state, county, community, fold]"],
+     "column 'communityname' .* holds 'Town0city', not a number: add it to dataset.drop"),
+])
+def test_bad_dataset_yaml_values_are_config_errors(overrides: list[str], message: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    write_mnist(tmp_path)
+    write_communities(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        load_data(dataset_cfg(overrides[0].split("=")[1], tmp_path, *overrides[1:]), CPU)
+
+
+def test_a_file_without_url_says_where_to_put_it(tmp_path: Path) -> None:
+    cfg = dataset_cfg("communities_crime", tmp_path, "dataset.url=null")
+    with pytest.raises(DataNotFoundError, match=rf"Communities and Crime not found in {tmp_path}/communities "
+                                                 r"\(no communities.data\); copy communities.data there"):
+        load_data(cfg, CPU)
+
+
+def test_an_argument_torchvision_does_not_take_is_a_config_error(tmp_path: Path) -> None:
+    write_mnist(tmp_path)
+    with pytest.raises(ConfigError, match="source_args .* MNIST: .*'split'"):
+        load_data(dataset_cfg("mnist", tmp_path, "+dataset.source_args.split=balanced"), CPU)

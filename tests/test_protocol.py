@@ -27,6 +27,7 @@ REGRESSION = dict(steps=10_000, lr=0.01, momentum=0.9, nesterov=True, weight_dec
 PROTOCOL = {
     "mnist": {**MNIST_LIKE, "model": "lenet5"},
     "fashion_mnist": {**MNIST_LIKE, "model": "lenet5"},
+    "kmnist": {**MNIST_LIKE, "model": "lenet5"},
     "cifar10": {**CIFAR_LIKE, "num_outputs": 10, "model": "alexnet"},
     "cifar100": {**CIFAR_LIKE, "num_outputs": 100, "model": "preresnet"},
     "svhn": {**CIFAR_LIKE, "num_outputs": 10, "model": "wrn16_8"},

@@ -14,7 +14,7 @@ import importlib
 import pkgutil
 import re
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
@@ -29,8 +29,9 @@ class ConfigError(ValueError):
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    loader: str = MISSING  # import path of a function (dataset config) -> adalfl.data.Data
-    source: Optional[str] = None  # which set a shared loader reads (load_idx: MNIST, FashionMNIST, KMNIST)
+    # import path of a function (dataset config) -> adalfl.data.Data: adalfl.data.images.load_torchvision
+    # or adalfl.data.tabular.load_table read any set the keys below describe (docs/datasets.md)
+    loader: str = MISSING
     task: str = MISSING  # "classification" or "regression"
     input_shape: List[int] = MISSING
     num_outputs: int = MISSING
@@ -38,6 +39,18 @@ class DatasetConfig:
     # Relative paths are taken from the working directory; $ADALFL_DATA_ROOT overrides the default.
     root: str = "${oc.env:ADALFL_DATA_ROOT,data}"
     download: bool = False
+    # --- where the data comes from (read by load_torchvision / load_table)
+    source: Optional[str] = None  # a torchvision.datasets class (MNIST, KMNIST, CIFAR10...) or a sklearn.datasets load_*/fetch_* function
+    source_args: Dict[str, Any] = field(default_factory=dict)  # extra arguments to it (EMNIST: {split: balanced})
+    part_arg: str = "train"  # torchvision: the argument that picks a part: train (train=True/False) or split (split="train"/"test": SVHN)
+    folder: str = ""  # under root: torchvision's root or scikit-learn's data_home, or the folder that holds `file`
+    file: Optional[str] = None  # a comma-separated text file (CSV with a header row, or UCI *.data with `columns`)
+    url: Optional[str] = None  # where download=true fetches `file` from
+    columns: Optional[List[str]] = None  # column names of a file without a header row
+    target: Optional[str] = None  # the file's target column
+    drop: List[str] = field(default_factory=list)  # the file's columns that are not features
+    max_missing: Optional[float] = None  # drop feature columns missing in more than this fraction of rows, fill the other gaps with the training mean; null: none may be missing
+    title: Optional[str] = None  # the dataset's name in messages (default: source, or file)
     val_fraction: float = 0.1
     test_fraction: Optional[float] = None  # only for sets without an official test partition
     split_seed: int = 0

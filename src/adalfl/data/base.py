@@ -9,6 +9,8 @@ import torch
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
+from adalfl.config import ConfigError
+
 # (inputs, training) -> inputs ready for the model; runs on the device, on whole batches.
 BatchTransform = Callable[[torch.Tensor, bool], torch.Tensor]
 
@@ -61,9 +63,9 @@ def load_data(cfg: DictConfig, device: torch.device) -> Data:
     loader = get_method(cfg.loader)
     data: Data = loader(cfg)
     if data.task != cfg.task:
-        raise ValueError(f"loader {cfg.loader} returned a {data.task} dataset, config says {cfg.task}")
+        raise ConfigError(f"loader {cfg.loader} returned a {data.task} dataset, dataset.task says {cfg.task}")
     # A model is sized from the config's input_shape: catch a mismatch here, not deep in a forward.
     shape = list(data.train.x.shape[1:])
     if shape != list(cfg.input_shape):
-        raise ValueError(f"loader {cfg.loader} returned inputs of shape {shape}, config says input_shape {list(cfg.input_shape)}")
+        raise ConfigError(f"loader {cfg.loader} returned inputs of shape {shape}, dataset.input_shape says {list(cfg.input_shape)}")
     return data.to(device)

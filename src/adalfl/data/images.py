@@ -1,4 +1,6 @@
-"""Image datasets read through torchvision (MNIST, Fashion-MNIST, KMNIST, CIFAR-10, CIFAR-100, SVHN).
+"""Image-classification datasets read through torchvision: one loader, ``load_torchvision``, for
+any ``torchvision.datasets`` class the dataset config names (MNIST, FashionMNIST, KMNIST, EMNIST,
+CIFAR10, CIFAR100, SVHN, ...), so a new set is one YAML file.
 
 Each set is small enough to live on the device as uint8 (CIFAR-10's training part is 150 MB):
 ``Data.transform`` turns a batch into normalised floats and, while training, augments it on the
@@ -14,7 +16,7 @@ from __future__ import annotations
 import gzip
 import shutil
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +25,8 @@ from omegaconf import DictConfig
 from torchvision import datasets
 
 from adalfl.data.base import Data, Split
-from adalfl.data.files import data_root, not_found
+from adalfl.config import ConfigError
+from adalfl.data.files import dataset_folder, fetch
 from adalfl.data.splits import holdout
 
 AUGMENTATIONS = ("crop", "flip")
@@ -41,7 +44,7 @@ class ImageTransform:
     def __init__(self, mean: Sequence[float], std: Sequence[float], augment: Sequence[str] = ()) -> None:
         unknown = sorted(set(augment) - set(AUGMENTATIONS))
         if unknown:
-            raise ValueError(f"dataset.augment: unknown {unknown}; choose from {list(AUGMENTATIONS)}")
+            raise ConfigError(f"dataset.augment: unknown {unknown}; choose from {list(AUGMENTATIONS)}")
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         # (x / 255 - mean) / std as one multiply-add on the raw values
@@ -104,10 +107,10 @@ def from_images(
     """Build Data from uint8 (N, C, H, W) images: stratified validation holdout, train statistics."""
     shape = tuple(x_train.shape[1:])
     if shape != tuple(cfg.input_shape):
-        raise ValueError(f"{cfg.name}: images are {list(shape)}, config says input_shape {list(cfg.input_shape)}")
+        raise ConfigError(f"{cfg.name}: images are {list(shape)}, config says input_shape {list(cfg.input_shape)}")
     labels = np.unique(np.concatenate([y_train, y_test]))
     if labels.min() < 0 or labels.max() >= cfg.num_outputs:
-        raise ValueError(f"{cfg.name}: labels span {labels.min()}..{labels.max()}, num_outputs is {cfg.num_outputs}")
+        raise ConfigError(f"{cfg.name}: labels span {labels.min()}..{labels.max()}, dataset.num_outputs is {cfg.num_outputs}")
     keep, held, _, _ = holdout(np.arange(len(y_train)), y_train, cfg.val_fraction, cfg.split_seed, stratify=True)
     keep.sort()
     held.sort()
@@ -126,48 +129,103 @@ def from_images(
     )
 
 
-def _open(cfg: DictConfig, title: str, folder: str, make: Callable[[str, bool], object]) -> tuple[object, object]:
-    """Open the train and test parts with torchvision, turning its errors into DataNotFoundError."""
-    root = data_root(cfg)
-    try:
-        train = make(str(root), True)
-        test = make(str(root), False)
-    except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found or corrupted"; urllib: offline
-        reason = f"download failed: {err}" if cfg.download else "torchvision found no complete, uncorrupted copy"
-        raise not_found(cfg, title, root / folder, reason) from err
-    except (AssertionError, ValueError, EOFError, IndexError) as err:
-        # A file that exists but does not parse (torchvision's idx reader asserts on its header,
-        # often with an empty message): the same clear data error as a missing file.
-        detail = f"{type(err).__name__}{': ' + str(err) if str(err) else ''}"
-        raise not_found(cfg, title, root / folder, f"torchvision could not parse its files ({detail}): "
-                        "damaged or of another format; delete them and fetch again") from err
-    return train, test
+def torchvision_class(cfg: DictConfig) -> type:
+    """The ``torchvision.datasets`` class named by ``dataset.source``; a ConfigError for any other name."""
+    name = str(cfg.source or "")
+    cls = getattr(datasets, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, datasets.VisionDataset)):
+        raise ConfigError(
+            f"dataset.source: torchvision.datasets has no dataset class {name!r} "
+            "(e.g. MNIST, FashionMNIST, KMNIST, EMNIST, CIFAR10, CIFAR100, SVHN; the name is case-sensitive)"
+        )
+    return cls
 
 
-IDX_CLASSES = ("MNIST", "FashionMNIST", "KMNIST")
+def files_folder(cls: type, root: Path) -> Path:
+    """Where a torchvision class keeps its files under the root it is given (for messages)."""
+    if issubclass(cls, datasets.MNIST):  # MNIST, FashionMNIST, KMNIST, EMNIST, QMNIST
+        return root / cls.__name__ / "raw"
+    base = getattr(cls, "base_folder", None)  # CIFAR10: cifar-10-batches-py; SVHN has none
+    return root / base if isinstance(base, str) else root
 
 
-def load_idx(cfg: DictConfig) -> Data:
-    """An MNIST-format set (``dataset.source``: MNIST, FashionMNIST or KMNIST; 60000 train / 10000
-    test 28x28 grey images) from <root>/<source>/raw, as torchvision lays it out.
+# dataset.part_arg -> the constructor arguments of the train part and of the test part
+PARTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "train": ({"train": True}, {"train": False}),
+    "split": ({"split": "train"}, {"split": "test"}),
+}
 
-    Gzipped idx files found there (``*-ubyte.gz``, as distributions ship them, e.g. Debian's
-    ``dataset-fashion-mnist``) are unpacked next to themselves first: torchvision reads only the
-    unpacked files and would otherwise try to download them."""
-    source = str(cfg.source or "MNIST")
-    if source not in IDX_CLASSES:
-        raise ValueError(f"dataset.source for an idx-format set must be one of {list(IDX_CLASSES)}, got {source!r}")
-    cls = getattr(datasets, source)
-    _unpack_gzipped_idx(data_root(cfg) / source / "raw")
-    train, test = _open(
-        cfg, source, f"{source}/raw", lambda root, part: cls(root, train=part, download=cfg.download)
+
+def load_torchvision(cfg: DictConfig) -> Data:
+    """The train and test parts of the torchvision class ``dataset.source``, read from
+    <root>/<folder> (torchvision's root; its files lie where that class puts them).
+
+    ``dataset.source_args`` are extra constructor arguments (EMNIST: ``split``); ``dataset.part_arg``
+    is the argument that picks the part: ``train`` (``train=True`` / ``False``: the MNIST family,
+    CIFAR) or ``split`` (``split="train"`` / ``"test"``: SVHN, STL10).
+    torchvision fetches missing files itself when ``dataset.download=true``.
+    """
+    cls = torchvision_class(cfg)
+    root = dataset_folder(cfg)
+    if cfg.part_arg not in PARTS:
+        raise ConfigError(f"dataset.part_arg must be one of {list(PARTS)}, got {cfg.part_arg!r}")
+    parts = PARTS[cfg.part_arg]
+    args = dict(cfg.source_args)
+    if issubclass(cls, datasets.MNIST):
+        unpack_gzipped_idx(files_folder(cls, root))
+
+    def read(download: bool) -> tuple[Any, Any]:
+        try:
+            return tuple(cls(str(root), download=download, **args, **part) for part in parts)  # type: ignore[return-value]
+        except TypeError as err:  # an argument the class does not take
+            raise ConfigError(f"dataset.source_args / dataset.part_arg of torchvision {cls.__name__}: {err}") from err
+
+    train, test = fetch(
+        cfg,
+        str(cfg.title or cls.__name__),
+        files_folder(cls, root),
+        read,
+        library="torchvision",
+        unparsable=(AssertionError, ValueError, EOFError, IndexError),
     )
-    x_train = train.data.numpy()[:, None]  # (N, 28, 28) -> (N, 1, 28, 28)
-    x_test = test.data.numpy()[:, None]
-    return from_images(cfg, x_train, train.targets.numpy(), x_test, test.targets.numpy(), f"torchvision {source}")
+    shape = tuple(cfg.input_shape)
+    return from_images(
+        cfg,
+        as_nchw(train.data, shape, cls.__name__),
+        labels_of(train),
+        as_nchw(test.data, shape, cls.__name__),
+        labels_of(test),
+        f"torchvision {cls.__name__}",
+    )
 
 
-def _unpack_gzipped_idx(folder: Path) -> None:
+def as_nchw(images: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A torchvision ``data`` attribute as uint8 (N, C, H, W): grey sets keep (N, H, W) (MNIST),
+    some keep (N, H, W, C) (CIFAR), some already (N, C, H, W) (SVHN). ``shape`` is the config's
+    input_shape (C, H, W), which tells the layouts apart."""
+    x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim == 4 and tuple(x.shape[1:]) != shape and (x.shape[3], x.shape[1], x.shape[2]) == shape:
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+        raise ConfigError(f"torchvision {name} holds images of shape {list(x.shape[1:])}, dataset.input_shape is {list(shape)}")
+    if x.dtype != np.uint8:
+        raise ConfigError(f"torchvision {name} holds {x.dtype} images; this loader reads 8-bit images only")
+    return np.ascontiguousarray(x)
+
+
+def labels_of(part: Any) -> np.ndarray:
+    """Class indices of a torchvision part: ``targets`` (MNIST, CIFAR) or ``labels`` (SVHN, STL10)."""
+    labels = part.targets if hasattr(part, "targets") else part.labels
+    labels = labels.numpy() if isinstance(labels, torch.Tensor) else labels
+    return np.asarray(labels, dtype=np.int64)
+
+
+def unpack_gzipped_idx(folder: Path) -> None:
+    """Unpack ``*-ubyte.gz`` idx files next to themselves (as distributions ship them, e.g. Debian's
+    ``dataset-fashion-mnist``): torchvision reads only unpacked files and would otherwise try to
+    download them."""
     if not folder.is_dir():
         return
     for packed in folder.glob("*-ubyte.gz"):
@@ -177,43 +235,3 @@ def _unpack_gzipped_idx(folder: Path) -> None:
             with gzip.open(packed, "rb") as src, open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             partial.replace(unpacked)  # atomic: a killed job never leaves half a file behind
-
-
-def _cifar(cfg: DictConfig, cls: type, title: str) -> Data:
-    train, test = _open(
-        cfg, title, cls.base_folder, lambda root, part: cls(root, train=part, download=cfg.download)
-    )
-    y_train, y_test = np.asarray(train.targets, dtype=np.int64), np.asarray(test.targets, dtype=np.int64)
-    # torchvision keeps CIFAR images as (N, H, W, C)
-    x_train = np.ascontiguousarray(train.data.transpose(0, 3, 1, 2))
-    x_test = np.ascontiguousarray(test.data.transpose(0, 3, 1, 2))
-    return from_images(cfg, x_train, y_train, x_test, y_test, f"torchvision {cls.__name__}")
-
-
-def load_cifar10(cfg: DictConfig) -> Data:
-    """CIFAR-10: 50000 train / 10000 test 32x32 colour images, from <root>/cifar-10-batches-py."""
-    return _cifar(cfg, datasets.CIFAR10, "CIFAR-10")
-
-
-def load_cifar100(cfg: DictConfig) -> Data:
-    """CIFAR-100 (fine labels): 50000 train / 10000 test, from <root>/cifar-100-python."""
-    return _cifar(cfg, datasets.CIFAR100, "CIFAR-100")
-
-
-SVHN_FOLDER = "svhn"
-
-
-def load_svhn(cfg: DictConfig) -> Data:
-    """SVHN cropped digits: 73257 train / 26032 test, from <root>/svhn/{train,test}_32x32.mat.
-
-    The 531131-image "extra" part is not used. torchvision maps the files' label 10 to digit 0.
-    """
-    train, test = _open(
-        cfg,
-        "SVHN",
-        SVHN_FOLDER,
-        lambda root, part: datasets.SVHN(
-            f"{root}/{SVHN_FOLDER}", split="train" if part else "test", download=cfg.download
-        ),
-    )
-    return from_images(cfg, train.data, train.labels, test.data, test.labels, "torchvision SVHN")

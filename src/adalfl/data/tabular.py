@@ -1,17 +1,20 @@
-"""Tabular datasets: scikit-learn's bundled sets, California Housing (scikit-learn's fetcher) and
-UCI Communities and Crime (the repository's raw ``communities.data``)."""
+"""Tabular datasets: one loader, ``load_table``, for a scikit-learn set (bundled, ``load_*``, or
+downloaded, ``fetch_*``) or a CSV / UCI-style text file with a named target column, so a new set is
+one YAML file. Digits, Diabetes, California Housing and UCI Communities and Crime are such files."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 from sklearn import datasets
 
+from adalfl.config import ConfigError
 from adalfl.data.base import Data
-from adalfl.data.files import data_root, not_found
+from adalfl.data.files import dataset_folder, fetch
 from adalfl.data.splits import holdout, standardise, to_split
 
 
@@ -26,10 +29,10 @@ def from_arrays(x: np.ndarray, y: np.ndarray, cfg: DictConfig, impute: bool = Fa
     """
     classification = cfg.task == "classification"
     if cfg.test_fraction is None:
-        raise ValueError(f"dataset {cfg.name} has no official test split; set dataset.test_fraction")
+        raise ConfigError(f"dataset {cfg.name} has no official test split; set dataset.test_fraction")
     x = np.asarray(x, dtype=np.float64)
     if not impute and np.isnan(x).any():
-        raise ValueError(f"dataset {cfg.name} has missing feature values and its loader does not impute them")
+        raise ValueError(f"dataset {cfg.name} has missing feature values: set dataset.max_missing to impute them")
     x_rest, x_test, y_rest, y_test = holdout(x, y, cfg.test_fraction, cfg.split_seed, classification)
     x_train, x_val, y_train, y_val = holdout(x_rest, y_rest, cfg.val_fraction, cfg.split_seed, classification)
     if impute:
@@ -51,85 +54,127 @@ def from_arrays(x: np.ndarray, y: np.ndarray, cfg: DictConfig, impute: bool = Fa
     )
 
 
-def load_diabetes(cfg: DictConfig) -> Data:
-    bunch = datasets.load_diabetes()
-    return from_arrays(bunch.data, bunch.target, cfg)
+def load_table(cfg: DictConfig) -> Data:
+    """One table from ``dataset.source`` (a scikit-learn function) or ``dataset.file`` (a text file),
+    split and standardised by ``from_arrays``.
 
-
-def load_digits(cfg: DictConfig) -> Data:
-    bunch = datasets.load_digits()
-    return from_arrays(bunch.data, bunch.target, cfg)
-
-
-SKLEARN_FOLDER = "scikit_learn_data"  # the folder name scikit-learn itself uses under the home directory
-
-
-def load_california_housing(cfg: DictConfig) -> Data:
-    """California Housing (20640 block groups, 8 features, median house value) via scikit-learn.
-
-    scikit-learn caches it as ``<data_home>/cal_housing_py3.pkz``; data_home is <root>/scikit_learn_data.
+    ``dataset.max_missing`` (a fraction): feature columns missing in more than that fraction of the
+    rows are dropped and the remaining gaps filled with the training mean; null: no value may be missing.
     """
-    home = data_root(cfg) / SKLEARN_FOLDER
-    try:
-        bunch = datasets.fetch_california_housing(data_home=str(home), download_if_missing=bool(cfg.download))
-    except OSError as err:  # scikit-learn: "Data not found and `download_if_missing` is False"; or offline
-        reason = f"download failed: {err}" if cfg.download else "no cal_housing_py3.pkz"
-        raise not_found(cfg, "California Housing", home, reason) from err
-    return from_arrays(bunch.data, bunch.target, cfg)
-
-
-COMMUNITIES_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/communities/communities.data"
-COMMUNITIES_FOLDER = "communities"
-COMMUNITIES_COLUMNS = 128  # 5 non-predictive, 122 predictive, 1 target
-COMMUNITIES_NON_PREDICTIVE = 5  # state, county, community, communityname, fold
-MAX_MISSING_FRACTION = 0.5
-
-
-def read_communities(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Parse the raw UCI file: comma-separated, no header, '?' for a missing value.
-
-    Returns (features with NaN for '?', ViolentCrimesPerPop). The 5 non-predictive columns are dropped.
-    """
-    rows = []
-    with open(path, newline="") as f:
-        for number, row in enumerate(csv.reader(f), start=1):
-            if not row:
-                continue
-            if len(row) != COMMUNITIES_COLUMNS:
-                raise ValueError(f"{path}:{number}: {len(row)} columns, expected {COMMUNITIES_COLUMNS}")
-            values = row[COMMUNITIES_NON_PREDICTIVE:]
-            rows.append([np.nan if v.strip() == "?" else float(v) for v in values])
-    table = np.asarray(rows, dtype=np.float64)
-    if np.isnan(table[:, -1]).any():
-        raise ValueError(f"{path}: the target ViolentCrimesPerPop has missing values")
-    return table[:, :-1], table[:, -1]
-
-
-def load_communities_crime(cfg: DictConfig) -> Data:
-    """UCI Communities and Crime (1994 communities): regression of ViolentCrimesPerPop.
-
-    Missing values: a feature missing in more than half of the rows (the 22 LEMAS police-survey
-    columns, missing for 1675 communities) is dropped, leaving 100 features; the remaining gaps
-    (one value of OtherPerCap) are filled with the training part's column mean (``from_arrays``).
-    """
-    folder = data_root(cfg) / COMMUNITIES_FOLDER
-    path = folder / "communities.data"
-    if not path.is_file() and cfg.download:
-        from torchvision.datasets.utils import download_url
-
-        try:
-            download_url(COMMUNITIES_URL, str(folder), "communities.data")
-        except (OSError, RuntimeError) as err:
-            raise not_found(cfg, "Communities and Crime", folder, f"download failed: {err}") from err
-    if not path.is_file():
-        raise not_found(
-            cfg,
-            "Communities and Crime",
-            folder,
-            "no communities.data",
-            f"fetch it with:  python main.py dataset={cfg.name} dataset.root={data_root(cfg)} dataset.download=true"
-            f"  or download {COMMUNITIES_URL} to {path}",
+    if (cfg.source is None) == (cfg.file is None):
+        raise ConfigError(
+            f"dataset {cfg.name}: set exactly one of dataset.source (a scikit-learn load_*/fetch_* function) "
+            "and dataset.file (a CSV or UCI text file)"
         )
-    x, y = read_communities(path)
-    mostly_missing = np.isnan(x).mean(axis=0) > MAX_MISSING_FRACTION
+    if cfg.max_missing is not None and not 0 <= cfg.max_missing <= 1:
+        raise ConfigError(f"dataset.max_missing is a fraction of the rows, in [0, 1]; got {cfg.max_missing!r}")
+    x, y = read_file(cfg) if cfg.file is not None else read_sklearn(cfg)
+    if cfg.max_missing is None:
+        return from_arrays(x, y, cfg)
+    mostly_missing = np.isnan(x).mean(axis=0) > cfg.max_missing
     return from_arrays(x[:, ~mostly_missing], y, cfg, impute=True)
+
+
+SKLEARN_KINDS = ("load_", "fetch_")
+
+
+def read_sklearn(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(features, target) of a scikit-learn set: ``load_*`` ships with scikit-learn; ``fetch_*``
+    is cached in <root>/<folder> (scikit-learn's ``data_home``) and downloaded with dataset.download=true."""
+    name = str(cfg.source)
+    function = getattr(datasets, name, None)
+    if not name.startswith(SKLEARN_KINDS) or not callable(function):
+        raise ConfigError(
+            f"dataset.source: sklearn.datasets has no load_* or fetch_* function {name!r} "
+            "(e.g. load_digits, load_diabetes, fetch_california_housing)"
+        )
+    args: dict[str, Any] = dict(cfg.source_args)
+    if name.startswith("load_"):
+        bunch = function(**args)
+    else:
+        home = dataset_folder(cfg)
+        bunch = fetch(
+            cfg,
+            str(cfg.title or cfg.name),
+            home,
+            lambda download: function(data_home=str(home), download_if_missing=download, **args),
+            library="scikit-learn",
+            missing=f"scikit-learn's {name} found no cached copy",
+        )
+    return np.asarray(bunch.data), np.asarray(bunch.target)
+
+
+# Cells that stand for a missing value: empty, UCI's '?', and the usual spellings.
+MISSING_CELLS = ("", "?", "NA", "NaN", "nan")
+
+
+def read_file(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(features, target) of a comma-separated text file <root>/<folder>/<file>, downloaded from
+    ``dataset.url`` with dataset.download=true. Column names come from its header row, or from
+    ``dataset.columns`` for a file without one (UCI's ``*.data``); ``dataset.target`` is the target
+    column, ``dataset.drop`` the columns that are not features; the rest must be numbers or missing."""
+    folder = dataset_folder(cfg)
+    path = folder / str(cfg.file)
+    url = cfg.url
+
+    def download(get: bool) -> None:
+        if get and url and not path.is_file():
+            from torchvision.datasets import utils  # looked up at call time: tests stand in for the network
+
+            utils.download_url(str(url), str(path.parent), path.name)
+        if not path.is_file():
+            raise FileNotFoundError(f"no {path.name}")
+
+    how = None if url else f"copy {path.name} there (the config has no dataset.url to fetch it from)"
+    fetch(cfg, str(cfg.title or path.name), folder, download, library="download", missing=f"no {path.name}", how=how)
+    names, rows = read_rows(path, list(cfg.columns) if cfg.columns is not None else None)
+    return table_columns(cfg, path, names, rows)
+
+
+def read_rows(path: Path, columns: list[str] | None) -> tuple[list[str], list[list[str]]]:
+    """The column names and the rows of a comma-separated file; every row must have every column."""
+    with open(path, newline="") as f:
+        rows = [[cell.strip() for cell in row] for row in csv.reader(f) if row]
+    names = columns if columns is not None else (rows.pop(0) if rows else [])
+    first_row = 1 if columns is not None else 2  # line numbers in messages count the header
+    for number, row in enumerate(rows, start=first_row):
+        if len(row) != len(names):
+            raise ValueError(f"{path}:{number}: {len(row)} columns, expected {len(names)}")
+    return names, rows
+
+
+def table_columns(cfg: DictConfig, path: Path, names: list[str], rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Features (NaN where missing) and target of a parsed file, by the config's column names."""
+    unknown = [c for c in [cfg.target, *cfg.drop] if c not in names]
+    if cfg.target is None or unknown:
+        what = "dataset.target is not set" if cfg.target is None else f"no column {unknown}"
+        raise ConfigError(f"dataset {cfg.name}: {what} in {path} (its columns: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''})")
+    target = names.index(cfg.target)
+    features = [i for i, name in enumerate(names) if i != target and name not in set(cfg.drop)]
+    x = np.empty((len(rows), len(features)), dtype=np.float64)
+    for r, row in enumerate(rows):
+        for j, i in enumerate(features):
+            cell = row[i]
+            try:
+                x[r, j] = np.nan if cell in MISSING_CELLS else float(cell)
+            except ValueError:
+                raise ConfigError(
+                    f"dataset {cfg.name}: column {names[i]!r} of {path} holds {cell!r}, not a number: "
+                    "add it to dataset.drop"
+                ) from None
+    cells = [row[target] for row in rows]
+    if any(cell in MISSING_CELLS for cell in cells):
+        raise ValueError(f"{path}: the target {cfg.target} has missing values")
+    return x, target_values(cfg, cells)
+
+
+def target_values(cfg: DictConfig, cells: list[str]) -> np.ndarray:
+    """Regression: numbers. Classification: integer labels as they are, other labels (names)
+    numbered in sorted order."""
+    if cfg.task == "regression":
+        return np.asarray([float(c) for c in cells], dtype=np.float64)
+    try:
+        return np.asarray([int(c) for c in cells], dtype=np.int64)
+    except ValueError:
+        _, index = np.unique(np.asarray(cells), return_inverse=True)
+        return index.astype(np.int64)
