@@ -313,8 +313,10 @@ def test_zoo_meta_gradient_matches_finite_differences(model: str, dataset: str, 
         with torch.no_grad():
             return float(task.loss(model(val[0]), val[1]))
 
-    eps = 1e-4
-    fd = (val_loss(eps) - val_loss(-eps)) / (2 * eps)
     analytic = float(sum((g * d).sum() for g, d in zip(step.meta_grads, direction)))
     assert analytic != 0.0
-    assert analytic == pytest.approx(fd, rel=1e-5, abs=1e-12), model
+    # The validation forward has ReLU and max-pool kinks: a step of 1e-4 can straddle one (VGG-16
+    # does), a step of 1e-6 leaves the small meta-gradients of some models in rounding noise. A
+    # wrong meta-gradient matches neither.
+    differences = [(val_loss(eps) - val_loss(-eps)) / (2 * eps) for eps in (1e-4, 1e-6)]
+    assert any(analytic == pytest.approx(fd, rel=1e-5, abs=1e-12) for fd in differences), (model, analytic, differences)
