@@ -320,3 +320,23 @@ def test_zoo_meta_gradient_matches_finite_differences(model: str, dataset: str, 
     # wrong meta-gradient matches neither.
     differences = [(val_loss(eps) - val_loss(-eps)) / (2 * eps) for eps in (1e-4, 1e-6)]
     assert any(analytic == pytest.approx(fd, rel=1e-5, abs=1e-12) for fd in differences), (model, analytic, differences)
+
+
+@pytest.mark.parametrize("case", ["2d", "2d_cumulative_average", "2d_no_running_stats", "1d_flat"])
+def test_recorded_batchnorm_forward_is_the_modules_own(case: str) -> None:
+    """In training mode the record calls the BatchNorm kernel itself (for its batch statistics):
+    the output, the running statistics and the batch counter must be nn.BatchNorm's, over steps."""
+    make, shape = BN_CASES[case]
+    torch.manual_seed(0)
+    norm = make().to(TEST_DEVICE)
+    twin = copy.deepcopy(norm)
+    record = ForwardRecord(norm)
+    for _ in range(3):
+        x = 2 * torch.randn(*shape, device=TEST_DEVICE) + 1
+        with record.recording():
+            got = norm(x)
+        torch.testing.assert_close(got, twin(x))
+    for (name, a), b in zip(norm.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(ValueError, match="more than 1 value per channel"), record.recording():
+        norm(torch.randn(1, shape[1], *[1] * (len(shape) - 2), device=TEST_DEVICE))  # one value per channel

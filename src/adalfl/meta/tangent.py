@@ -19,12 +19,13 @@ Rules, for modules of exactly these types (a subclass may change ``forward``):
 * nn.AvgPool2d, nn.AdaptiveAvgPool2d: linear, so the tangent is the pool of the tangent.
 * nn.MaxPool2d (batched): the tangent gathered at the recorded argmax indices.
 * nn.BatchNorm1d/2d/3d. Normalising with batch statistics (training mode), with x-hat = (x - mu)
-  * invstd: dy = gamma invstd (dx - mean(dx) - x-hat mean(dx x-hat)) + dgamma x-hat + dbeta. The
-  first term is BatchNorm's backward formula applied to dx (the Jacobian in x is symmetric), one
-  fused ``native_batch_norm_backward`` call; the record keeps the input and the batch mean and
-  variance (x-hat is one fused pass from those, and the input is kept anyway as the previous
-  layer's output, where x-hat would be a second full-size tensor). With running statistics
-  (evaluation mode) the layer is an affine map.
+  * invstd: dy = gamma invstd (dx - mean(dx) - x-hat mean(dx x-hat)) + dgamma x-hat + dbeta, the
+  two means per channel coming from one reduction (BatchNorm's backward kernel computes exactly
+  these sums for its weight and bias gradients). The record keeps the input, and the batch mean
+  and inverse standard deviation that the base forward's kernel returned (x-hat is recomputed in
+  the same pass that uses it; the input is kept anyway as the previous layer's output, where
+  x-hat would be a second full-size tensor). With running statistics (evaluation mode) the layer
+  is an affine map.
 
 Kept outputs. A rule's output is kept from the base forward (or recomputed from the primal input
 where keeping it costs more memory than it saves time: ReLU). A later in-place operation of the
@@ -226,46 +227,77 @@ class _LinearMap(_Rule):
 class _BatchStats(NamedTuple):
     x: torch.Tensor  # the input
     mean: torch.Tensor  # per channel: the statistics the layer normalised with
-    var: torch.Tensor
+    invstd: torch.Tensor  # 1 / sqrt(var + eps)
     batch: bool  # batch statistics (training mode); False: the running statistics
+
+
+def _channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(1, -1, *[1] * (like.dim() - 2))
+
+
+def _scale_shift(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x * scale + shift, per channel, in one pass."""
+    return torch.addcmul(_channel_view(shift, x), x, _channel_view(scale, x))
 
 
 class _BatchNorm(_Rule):
     def record(self, module, x):  # noqa: ANN001, ANN201
-        out = type(module).forward(module, x)
-        batch = module.training or (module.running_mean is None and module.running_var is None)
-        if batch:
-            with torch.no_grad():  # biased variance: what training-mode normalisation divides by
-                var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0)
-        else:  # eval mode does not move the running statistics: these are the ones it used
-            mean, var = module.running_mean.detach(), module.running_var.detach()
-        return out, _BatchStats(x.detach(), mean, var, batch)
+        if not (module.training or (module.running_mean is None and module.running_var is None)):
+            # Running statistics, which an evaluation-mode forward leaves alone: the ones it used.
+            out = type(module).forward(module, x)
+            invstd = torch.rsqrt(module.running_var.detach() + module.eps)
+            return out, _BatchStats(x.detach(), module.running_mean.detach(), invstd, False)
+        # nn.BatchNorm's own forward in training mode (torch 2.x _BatchNorm.forward), calling the
+        # ATen kernel that also returns the batch mean and 1/std it normalised with: computing them
+        # again (torch.var_mean) cost more than the layer itself on NHWC input (32 against 6 ms
+        # for the small CNN's first BatchNorm on this CPU).
+        module._check_input_dim(x)
+        if x.numel() // x.shape[1] <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
+        factor = 0.0 if module.momentum is None else module.momentum
+        if module.training and module.track_running_stats and module.num_batches_tracked is not None:
+            module.num_batches_tracked.add_(1)
+            factor = 1.0 / float(module.num_batches_tracked) if module.momentum is None else module.momentum
+        running = not module.training or module.track_running_stats
+        out, mean, invstd = aten.native_batch_norm(
+            x, module.weight, module.bias, module.running_mean if running else None,
+            module.running_var if running else None, True, factor, module.eps)
+        return out, _BatchStats(x.detach(), mean.detach(), invstd.detach(), True)
 
     def recorded_input(self, saved):  # noqa: ANN001, ANN201
         return saved.x
 
     def output(self, module, primal_in, saved):  # noqa: ANN001, ANN201
         weight, bias = _primal_tangent(module.weight)[0], _primal_tangent(module.bias)[0]
-        return F.batch_norm(primal_in, saved.mean, saved.var, weight, bias, False, 0.0, module.eps)
+        scale = saved.invstd if weight is None else weight * saved.invstd
+        shift = -saved.mean * scale if bias is None else bias - saved.mean * scale
+        return _scale_shift(primal_in, scale, shift)
 
     def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
+        # dy = k dx + x-hat (dgamma - k mean(dx x-hat)) + dbeta - k mean(dx), k = gamma invstd,
+        # the means per channel and zero with running statistics; with x-hat = (x - mean) invstd,
+        # dy = k dx + B x + C. Three passes: the two means (one reduction, BatchNorm's backward
+        # kernel), B x + C, and k dx added in place; BatchNorm's backward applied to dx (the same
+        # first two terms) plus the parameters' part took four.
         weight, t_w = _primal_tangent(module.weight)
         _, t_b = _primal_tangent(module.bias)
-        tangent = None
+        if t_in is None and t_w is None and t_b is None:
+            return None
+        x, invstd = saved.x, saved.invstd
+        k = invstd if weight is None else weight * invstd
+        slope = torch.zeros_like(invstd) if t_w is None else t_w * invstd  # B = (dgamma - k mean(dx x-hat)) invstd
+        shift = torch.zeros_like(invstd) if t_b is None else t_b.clone()  # C = dbeta - k mean(dx) - mean B
+        if t_in is not None and saved.batch:
+            n = x.numel() // x.shape[1]
+            ones = torch.ones_like(invstd) if weight is None else weight
+            sum_dx_xhat, sum_dx = aten.native_batch_norm_backward(t_in, x, ones, None, None, saved.mean, invstd,
+                                                                  True, module.eps, [False, True, True])[1:]
+            slope -= k * invstd * sum_dx_xhat / n
+            shift -= k * sum_dx / n
+        shift -= saved.mean * slope
+        tangent = _scale_shift(x, slope, shift)
         if t_in is not None:
-            invstd = torch.rsqrt(saved.var + module.eps)
-            if saved.batch:
-                tangent = aten.native_batch_norm_backward(t_in, saved.x, weight, None, None, saved.mean, invstd,
-                                                          True, module.eps, [True, False, False])[0]
-            else:
-                scale = invstd if weight is None else weight * invstd
-                tangent = t_in * scale.view(1, -1, *[1] * (t_in.dim() - 2))
-        if t_w is not None or t_b is not None:
-            # dgamma x-hat + dbeta: an evaluation-mode BatchNorm of x with the recorded statistics.
-            t_w = t_w if t_w is not None else torch.zeros_like(weight)
-            t_b = t_b if t_b is not None else torch.zeros_like(weight)
-            affine = F.batch_norm(saved.x, saved.mean, saved.var, t_w, t_b, False, 0.0, module.eps)
-            tangent = affine if tangent is None else tangent.add_(affine)
+            tangent.addcmul_(t_in, _channel_view(k, t_in))
         return tangent
 
 
