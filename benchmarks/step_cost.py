@@ -1,9 +1,12 @@
 """What one AdaLFL iteration costs against one plain cross-entropy step.
 
-For each model (MLP and LeNet-5 on MNIST-shaped data, the three-conv small CNN on CIFAR-shaped
-data, batch 128, each with its dataset's SGD protocol) and each meta-gradient backend, times the
-real ``train_step`` of ``method=ce`` and ``method=adalfl`` (look-ahead base step, meta-gradient,
-Adam on phi, write-back) and measures their peak memory.
+For each model and each meta-gradient backend, times the real ``train_step`` of ``method=ce`` and
+``method=adalfl`` (look-ahead base step, meta-gradient, Adam on phi, write-back) at batch 128 with
+its dataset's SGD protocol, and measures their peak memory. Default models: the paper's MLP
+(1000-1000 ReLU) and the author's LeNet-5 (tanh, average pooling) on MNIST-shaped data, and the
+three-conv small CNN with BatchNorm on CIFAR-shaped data (a BatchNorm network small enough for a
+2-core CPU). Optional: ``mlp_small``, ``lenet5_relu``, ``smallcnn`` (no BatchNorm), ``preresnet20``
+and, for GPUs, ``resnet18`` and ``wrn16_8``.
 
 Timing: CE and AdaLFL steps alternate (in blocks of ``block``), so that a machine whose speed
 drifts slows both alike; the median per-step wall time of each is reported, and
@@ -15,9 +18,9 @@ and return it on free, so that resident memory follows the live tensors;
 on CUDA ``torch.cuda.max_memory_allocated`` during the steps.
 
     python benchmarks/step_cost.py                                # CPU, or the first GPU
-    python benchmarks/step_cost.py device=cpu threads=2 steps=30 models=[lenet5,smallcnn]
+    python benchmarks/step_cost.py device=cpu threads=2 steps=30 models=[lenet5,smallcnn_bn]
     python benchmarks/step_cost.py cpu_memory=system    # glibc's default allocator behaviour
-    python benchmarks/step_cost.py device=cuda models=[mlp,lenet5,smallcnn,resnet18,wrn16_8]
+    python benchmarks/step_cost.py device=cuda models=[mlp,lenet5,smallcnn_bn,preresnet20,resnet18,wrn16_8]
 
 Prints one JSON object; results go in docs/benchmarks.md, never into test assertions.
 """
@@ -40,8 +43,8 @@ from adalfl.data import Batch
 from adalfl.losses import Task
 from adalfl.methods.adalfl import AdaLFL
 from adalfl.methods.ce import CrossEntropy
-from adalfl.models.lenet import LeNet5, SmallCNN
-from adalfl.models.resnet import ResNet18
+from adalfl.models.lenet import LeNet5, LeNet5ReLU, SmallCNN
+from adalfl.models.resnet import ResNet18, preresnet20
 from adalfl.models.simple import MLP
 from adalfl.models.wideresnet import wrn16_8
 from adalfl.utils import resolve_device
@@ -54,7 +57,7 @@ SETTINGS = {
     "threads": 0,  # torch CPU threads (0: torch's default)
     "steps": 100,  # timed steps per method per model and backend
     "block": 1,  # steps per interleaved block (1: CE and AdaLFL alternate step by step)
-    "models": ["mlp", "lenet5", "smallcnn"],
+    "models": ["mlp", "lenet5", "smallcnn_bn"],
     "backends": ["func", "higher"],
     "memory": True,
     "batch_size": 128,
@@ -68,9 +71,14 @@ SETTINGS = {
 MNIST_SGD = dict(lr=0.01)
 CIFAR_SGD = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
 MODELS = {
-    "mlp": (lambda: MLP([1, 28, 28], 10, widths=(100, 100)), (1, 28, 28), MNIST_SGD),
-    "lenet5": (lambda: LeNet5([1, 28, 28], 10), (1, 28, 28), MNIST_SGD),
+    "mlp": (lambda: MLP([1, 28, 28], 10), (1, 28, 28), MNIST_SGD),  # the paper's: 1000-1000 ReLU
+    "lenet5": (lambda: LeNet5([1, 28, 28], 10), (1, 28, 28), MNIST_SGD),  # the author's: tanh, average pooling
+    "smallcnn_bn": (lambda: SmallCNN([3, 32, 32], 10, batch_norm=True), (3, 32, 32), CIFAR_SGD),
+    # optional
+    "mlp_small": (lambda: MLP([1, 28, 28], 10, widths=(100, 100)), (1, 28, 28), MNIST_SGD),
+    "lenet5_relu": (lambda: LeNet5ReLU([1, 28, 28], 10), (1, 28, 28), MNIST_SGD),
     "smallcnn": (lambda: SmallCNN([3, 32, 32], 10), (3, 32, 32), CIFAR_SGD),
+    "preresnet20": (lambda: preresnet20([3, 32, 32], 10), (3, 32, 32), CIFAR_SGD),
     # the paper's larger networks, for GPU runs (models=[resnet18,wrn16_8]); too slow for a 2-core CPU
     "resnet18": (lambda: ResNet18([3, 32, 32], 10), (3, 32, 32), CIFAR_SGD),
     "wrn16_8": (lambda: wrn16_8([3, 32, 32], 10), (3, 32, 32), CIFAR_SGD),

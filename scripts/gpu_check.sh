@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one go (about 5 minutes on one H100/H200):
-#   1. the meta-gradient, backend-agreement, BatchNorm and tangent-pass tests on CUDA;
+#   1. the meta-gradient, backend-agreement, BatchNorm and tangent-pass tests on CUDA (the tangent
+#      rules and the zoo's meta-gradient against higher and finite differences included);
 #   2. benchmarks/step_cost.py on CUDA, the paper's larger networks included;
 #   3. the default job (`python main.py`) on CUDA.
 # Usage: scripts/gpu_check.sh [OUTPUT_FOLDER]   (default: gpu_check/); results are written there.
@@ -14,10 +15,11 @@ export PYTHONUNBUFFERED=1 WANDB_SILENT=true
   2>&1 | tee "$out/gpu.txt"
 
 ADALFL_TEST_DEVICE=cuda "$python" -m pytest -q -p no:cacheprovider -m "not slurm" tests/test_meta.py tests/test_models.py \
-  -k "meta_gradient or backends or batchnorm or frozen or recorded_jvp" 2>&1 | tee "$out/pytest_cuda.txt"
+  tests/test_tangent.py -k "meta_gradient or backends or batchnorm or frozen or recorded_jvp or rule or chain or covered or in_place" \
+  2>&1 | tee "$out/pytest_cuda.txt"
 tests=${PIPESTATUS[0]}
 
-"$python" benchmarks/step_cost.py device=cuda "models=[mlp,lenet5,smallcnn,resnet18,wrn16_8]" \
+"$python" benchmarks/step_cost.py device=cuda "models=[mlp,lenet5,smallcnn_bn,preresnet20,resnet18,wrn16_8]" \
   >"$out/step_cost_cuda.json" 2>"$out/step_cost_cuda.log"
 bench=$?
 tail -n 12 "$out/step_cost_cuda.log"

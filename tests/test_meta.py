@@ -301,8 +301,8 @@ def test_sgd_update_keeps_the_parameters_memory_layout() -> None:
 
 
 class _ChainsCalledTwice(nn.Module):
-    """A Sequential with a conv -> ReLU -> max-pool chain and a conv -> ReLU chain, whose modules
-    are also called one by one outside it (the record then kept no output for those calls)."""
+    """A Sequential replayed as one chain (conv -> ReLU -> max-pool -> conv -> in-place ReLU), whose
+    modules are also called one by one outside it (the record then kept no output for some calls)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -323,7 +323,7 @@ def test_recorded_jvp_replays_sequential_chains_and_their_modules_outside_them()
     x = torch.randn(5, 2, 8, 8, dtype=torch.float64, device=TEST_DEVICE)
     record = ForwardRecord(model)
     chains = record.chains[model.features]
-    assert [len(c.modules) for c in chains.values()] == [3, 2]
+    assert [len(c) for c in chains.values()] == [5]
     torch.testing.assert_close(*_recorded_and_plain_jvp(model, x, record))
     assert "forward" not in vars(model.features)
 
