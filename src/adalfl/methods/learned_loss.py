@@ -97,7 +97,7 @@ def loss_health(loss: OutputWiseLoss, task: Task) -> dict[str, float]:
       against probability 1.
     """
     device = next(iter(loss.parameters()), torch.zeros(())).device
-    curves: dict[str, torch.Tensor] = {}
+    curves: dict[str, torch.Tensor]
     if task.classification:
         x = torch.linspace(0, 1, 101, device=device)
         curves = {"t0": loss.curve(x, 0.0).double(), "t1": loss.curve(x, 1.0).double()}
@@ -105,9 +105,9 @@ def loss_health(loss: OutputWiseLoss, task: Task) -> dict[str, float]:
         # Residual grid around targets -2, 0 and 2 (standardised targets): a (prediction, target)
         # network can be sound at target 0 and reward over-predicting a large target.
         x = torch.linspace(-3, 3, 121, device=device)
-        curves = {"t0": loss.curve(x, 0.0).double()}
-        around = [loss.curve(x + y, y).double() for y in REGRESSION_TARGETS]
-    values = torch.cat(list(curves.values()) + ([] if task.classification else around))
+        around = {y: loss.curve(x + y, y).double() for y in REGRESSION_TARGETS}
+        curves = {"t0": around[0.0]}
+    values = torch.cat(list(curves.values()) if task.classification else list(around.values()))
     scale = float(values.max() - values.min()) if torch.isfinite(values).all() else math.inf
     tolerance = FLAT_SLOPE * max(scale, 1e-12)
     step = float(x[1] - x[0])
@@ -123,7 +123,7 @@ def loss_health(loss: OutputWiseLoss, task: Task) -> dict[str, float]:
     else:
         centre = int((x.abs() < 1e-6).nonzero()[0])
         far = x.abs() >= 1
-        free = [(curve[far] <= curve[centre] + tolerance).double().mean() for curve in around]
+        free = [(curve[far] <= curve[centre] + tolerance).double().mean() for curve in around.values()]
         health["free_wrong"] = float(torch.stack(free).mean())
     return health
 
