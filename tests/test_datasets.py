@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -668,3 +669,30 @@ def test_an_argument_torchvision_does_not_take_is_a_config_error(tmp_path: Path)
     write_mnist(tmp_path)
     with pytest.raises(ConfigError, match="source_args .* MNIST: .*'split'"):
         load_data(dataset_cfg("mnist", tmp_path, "+dataset.source_args.split=balanced"), CPU)
+
+
+def test_gzipped_idx_unpacking_survives_a_second_job_unpacking_at_the_same_time(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The jobs of a parallel sweep unpack the same files on first use (CI's Fashion-MNIST check once
+    failed this way: two jobs shared one temporary file and the second rename found it gone). Here a
+    second unpacker runs to completion in the middle of the first one's copy: both must succeed and
+    every unpacked file must be whole."""
+    from adalfl.data import images as images_module
+
+    write_mnist(tmp_path, n_train=50, n_test=10, source="FashionMNIST", gzipped=True)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    real_copy = shutil.copyfileobj
+    interleaved = []
+
+    def copy_with_a_rival(src, dst, *args):  # type: ignore[no-untyped-def]
+        if not interleaved:
+            interleaved.append(True)
+            images_module.unpack_gzipped_idx(raw)  # the rival job, while this one is mid-copy
+        return real_copy(src, dst, *args)
+
+    monkeypatch.setattr(images_module.shutil, "copyfileobj", copy_with_a_rival)
+    images_module.unpack_gzipped_idx(raw)
+    assert interleaved
+    for packed in raw.glob("*.gz"):
+        assert packed.with_suffix("").read_bytes() == gzip.decompress(packed.read_bytes())
+    assert not list(raw.glob("*.partial"))

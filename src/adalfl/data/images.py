@@ -14,7 +14,9 @@ held out for validation (seed ``split_seed``); per-channel mean/std computed on 
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -225,13 +227,23 @@ def labels_of(part: Any) -> np.ndarray:
 def unpack_gzipped_idx(folder: Path) -> None:
     """Unpack ``*-ubyte.gz`` idx files next to themselves (as distributions ship them, e.g. Debian's
     ``dataset-fashion-mnist``): torchvision reads only unpacked files and would otherwise try to
-    download them."""
+    download them.
+
+    The jobs of a parallel sweep all unpack on first use: each writes its own temporary file (a
+    shared name would let one job truncate or move another's half-written file) and renames it into
+    place, which is atomic, so a reader sees a whole file or none, and the last rename wins with the
+    same bytes."""
     if not folder.is_dir():
         return
     for packed in folder.glob("*-ubyte.gz"):
         unpacked = packed.with_suffix("")
-        if not unpacked.exists():
-            partial = unpacked.with_name(unpacked.name + ".partial")
-            with gzip.open(packed, "rb") as src, open(partial, "wb") as dst:
+        if unpacked.exists():
+            continue
+        fd, name = tempfile.mkstemp(dir=folder, prefix=unpacked.name + ".", suffix=".partial")
+        partial = Path(name)
+        try:
+            with gzip.open(packed, "rb") as src, os.fdopen(fd, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-            partial.replace(unpacked)  # atomic: a killed job never leaves half a file behind
+            partial.replace(unpacked)
+        finally:
+            partial.unlink(missing_ok=True)  # a failed copy leaves nothing behind
