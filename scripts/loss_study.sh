@@ -2,14 +2,14 @@
 # The learned-loss study of docs/loss_study.md, as it was run: every job a plain `python main.py`
 # with the variant's overrides, two jobs at a time with one thread each (2-core machine).
 #   scripts/loss_study.sh [OUT] [PART...]   (OUT defaults to multirun/loss_study; PARTs default to all:
-#       base digits_ablations diabetes_default fashion_ablations)
+#       base digits_ablations diabetes_default fashion_ablations ml3_default)
 # Fashion-MNIST must be in ./data/FashionMNIST/raw (docs/datasets.md). Tables:
 #   python scripts/loss_study_table.py OUT/fashion_mnist/* OUT/digits/* OUT/diabetes/*
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-multirun/loss_study}
 shift || true
-PARTS=${*:-base digits_ablations diabetes_default fashion_ablations}
+PARTS=${*:-base digits_ablations diabetes_default fashion_ablations ml3_default}
 PY=${PYTHON:-.venv/bin/python}
 
 # The variants (method.loss.*): the defaults before the study, and the no-bias network it chose.
@@ -87,6 +87,11 @@ fashion_ablations() {  # session 7: a 2,000-step screen (the claims are checked 
       echo "job fashion_mnist adalfl $(name_of "$a")_2000 $s dataset.steps=2000 dataset.eval_interval=500 $a"
     done
   done
+}
+
+ml3_default() {  # session 7: ML3 at its defaults where only Fashion-MNIST had been measured
+  for s in 0 1 2 3 4 5 6 7 8 9; do echo "job digits ml3 ml3 $s"; done
+  for s in 0 1 2 3 4; do echo "job diabetes ml3 ml3_10k $s"; done
 }
 
 for part in $PARTS; do "$part"; done | xargs -P 2 -I{} bash -c "{}"
