@@ -184,7 +184,7 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object the job has always written."""
         out: dict[str, Any] = {
-            "status": self.status.value, "method": self.method, "dataset": self.dataset, "model": self.model,
+            "status": Status(self.status).value, "method": self.method, "dataset": self.dataset, "model": self.model,
             "seed": self.seed, "metric_name": self.metric_name, "experiment": self.experiment,
             "config_identity": self.config_identity, "config_fingerprint": self.config_fingerprint,
             "overrides": self.overrides, "versions": self.versions, "git_commit": self.git_commit,
