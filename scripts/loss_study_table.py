@@ -9,27 +9,29 @@ loss_health.free_wrong > 0). Used for docs/loss_study.md.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 
+from adalfl.result import Result, Status
+
 
 def summarise(variant: Path) -> str | None:
-    results = [json.loads(p.read_text()) for p in sorted(variant.glob("**/result.json"))]
-    done = [r for r in results if r.get("status") == "done"]
+    results = [Result.read(p) for p in sorted(variant.glob("**/result.json"))]
+    done = [r for r in results if r.status == Status.DONE]
     if not results:
         return None
-    metrics = [float(r["test_metric"]) for r in done]
-    unhealthy = sum(1 for r in done if r.get("loss_health", {}).get("free_wrong", 0) > 0)
-    scales = [r["loss_health"]["scale"] for r in done if "loss_health" in r]
+    metrics = [float(r.test_metric) for r in done]
+    unhealthy = sum(1 for r in done if r.loss_health is not None and r.loss_health.free_wrong > 0)
+    scales = [r.loss_health.scale for r in done if r.loss_health is not None]
     mean = statistics.mean(metrics) if metrics else float("nan")
     std = statistics.stdev(metrics) if len(metrics) > 1 else 0.0
     worst = max(metrics) if metrics else float("nan")
-    failed = len(results) - len(done)
+    interrupted = sum(1 for r in results if r.status == Status.INTERRUPTED)  # resume when rerun: not failures
+    failed = len(results) - len(done) - interrupted
     per_seed = " ".join(f"{m:.4f}" for m in metrics)
     scale = f"{statistics.median(scales):.3g}" if scales else "-"
-    return (f"| {variant.name} | {len(done)}{f' (+{failed} failed)' if failed else ''} | {mean:.4f} ± {std:.4f} "
+    return (f"| {variant.name} | {len(done)}{f' (+{failed} failed)' if failed else ''}{f' (+{interrupted} interrupted)' if interrupted else ''} | {mean:.4f} ± {std:.4f} "
             f"| {worst:.4f} | {unhealthy} | {scale} | {per_seed} |")
 
 

@@ -17,12 +17,13 @@ collapsed seeds sat at 50-90% error against CE's 15-20%); after it, AdaLFL is we
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from adalfl.result import Result, Status
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKS = {
@@ -50,19 +51,19 @@ def run_sweep(dataset: str, overrides: list[str], seeds: list[int], out: Path) -
 
 
 def check(dataset: str, out: Path) -> list[str]:
-    results = [json.loads(p.read_text()) for p in (out / dataset).glob("*/result.json")]
-    by_method: dict[str, list[dict]] = {}
+    results = [Result.read(p) for p in (out / dataset).glob("*/result.json")]
+    by_method: dict[str, list[Result]] = {}
     for r in results:
-        by_method.setdefault(r["method"], []).append(r)
+        by_method.setdefault(r.method, []).append(r)
     problems = []
     for method, rows in by_method.items():
         for r in rows:
-            if r["status"] != "done":
-                problems.append(f"{dataset}/{method} seed {r['seed']}: {r['status']} ({r.get('error', '')})")
+            if r.status != Status.DONE:
+                problems.append(f"{dataset}/{method} seed {r.seed}: {r.status} ({r.error or ''})")
     if problems:
         return problems
-    ce = [100 * r["test_metric"] for r in by_method["ce"]]
-    adalfl = [100 * r["test_metric"] for r in by_method["adalfl"]]
+    ce = [100 * r.test_metric for r in by_method["ce"]]
+    adalfl = [100 * r.test_metric for r in by_method["adalfl"]]
     ce_mean, adalfl_mean = statistics.fmean(ce), statistics.fmean(adalfl)
     print(f"{dataset}: CE {ce_mean:.2f}% ({', '.join(f'{v:.2f}' for v in ce)}), "
           f"AdaLFL {adalfl_mean:.2f}% ({', '.join(f'{v:.2f}' for v in adalfl)})", flush=True)
@@ -71,9 +72,10 @@ def check(dataset: str, out: Path) -> list[str]:
     if max(adalfl) > WORST_FACTOR * ce_mean:
         problems.append(f"{dataset}: an AdaLFL seed reached {max(adalfl):.2f}%, above {WORST_FACTOR} x CE's mean")
     for r in by_method["adalfl"]:
-        health = r.get("loss_health", {})
-        if health.get("free_wrong", 1.0) > 0:
-            problems.append(f"{dataset}: AdaLFL seed {r['seed']} ended with an unhealthy learned loss {health}")
+        health = r.loss_health
+        if health is None or health.free_wrong > 0:
+            problems.append(f"{dataset}: AdaLFL seed {r.seed} ended with an unhealthy learned loss "
+                            f"{health.to_dict() if health else {}}")
     return problems
 
 

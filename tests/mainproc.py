@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from adalfl.result import Result
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,22 +46,19 @@ def read_metrics(job_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def read_result(job_dir: Path) -> dict:
-    return json.loads((job_dir / "result.json").read_text())
-
-
-METRIC_KEYS = (
-    "test_metric",
-    "final_val_metric",
-    "best_val_metric",
-    "best_val_step",
-    "test_metric_at_best_val",
-    "steps",
-    "status",
-)
+def read_result(job_dir: Path) -> Result:
+    return Result.read(job_dir / "result.json")
 
 
 def result_metrics(job_dir: Path) -> dict:
     """The parts of result.json that must not depend on interruptions (not wall times)."""
     result = read_result(job_dir)
-    return {key: result.get(key) for key in METRIC_KEYS}
+    return {
+        "test_metric": result.test_metric,
+        "final_val_metric": result.final_val_metric,
+        "best_val_metric": result.best_val_metric,
+        "best_val_step": result.best_val_step,
+        "test_metric_at_best_val": result.test_metric_at_best_val,
+        "steps": result.steps,
+        "status": result.status,
+    }

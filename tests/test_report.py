@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from adalfl.result import Result, Status, WallTime
 from adalfl.sweep import report
 
 from conftest import REPO, run_main
@@ -168,6 +169,46 @@ def test_a_key_only_some_jobs_know_is_no_setting_and_stopped_jobs_are_unfinished
     assert built.cells[("digits", "mlp", "")]["ce"].values == pytest.approx([10.0, 20.0])
     assert [f.name for f in built.unfinished] == ["c"] and not built.failed
     assert "| dataset | model | ce |" in report.markdown(built)  # no setting column when nothing differs
+
+
+def test_done_failed_and_interrupted_are_three_states(tmp_path: Path) -> None:
+    """An interrupted job (stopped by a signal or a preemption) resumes when rerun: it is counted and
+    listed as interrupted, with the command that resumes it, never as failed."""
+    sweep = tmp_path / "sweep"
+    states = {
+        "seed=0": (Status.DONE, None),
+        "seed=1": (Status.FAILED, "RuntimeError: the loss became nan at step 20"),
+        "seed=2": (Status.INTERRUPTED, "SystemExit: 143"),
+    }
+    for seed, (name, (status, error)) in enumerate(states.items()):
+        folder = sweep / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- method=ce\n- {name}\n")
+        (folder / "metrics.jsonl").write_text(json.dumps({"phase": "train", "step": 10, "test/error_rate": 0.25}) + "\n")
+        Result(status=status, method="ce", dataset="digits", model="mlp", seed=seed, metric_name="error_rate",
+               config_identity={"seed": seed, "optimizer.lr": 0.01}, overrides=["method=ce", name],
+               test_metric=0.25 if status == Status.DONE else None, error=error,
+               wall_time_s=WallTime(train=3.0, total=3.5)).write(folder / "result.json")
+    built = report.write(sweep)
+    assert [j.folder.name for j in built.failed] == ["seed=1"]
+    assert [j.folder.name for j in built.interrupted] == ["seed=2"]
+    cell = built.cells[("digits", "mlp", "")]["ce"]
+    assert (cell.values, cell.failed, cell.interrupted) == ([25.0], 1, 1)
+    md = (sweep / "results.md").read_text()
+    assert "| digits | mlp | **25.00 ± 0.00 (n=1, 1 failed, 1 interrupted)** |" in md
+    assert "- failed: `seed=1`: RuntimeError: the loss became nan at step 20" in md
+    assert (f"- interrupted: `seed=2`: SystemExit: 143; resume: `python main.py method=ce seed=2 "
+            f"hydra.run.dir={sweep / 'seed=2'}`") in md
+    assert f"hydra.sweep.dir={sweep}" in md and "not finished" not in md  # listed once, as interrupted
+    with open(sweep / "results.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert (row["n_finished"], row["n_failed"], row["n_interrupted"]) == ("1", "1", "1")
+
+
+def test_a_cell_with_only_interrupted_jobs_says_so() -> None:
+    cells = {("d", "m"): {"a": report.Cell([], interrupted=2)}}
+    built = report.Report(Path("."), "t", set(), {("d", "m"): "mse"}, ["a"], cells, [], [], [])
+    assert "| d | m | interrupted (n=0, 2 interrupted) |" in report.markdown(built)
 
 
 @pytest.mark.parametrize("seconds, unit, cell", [

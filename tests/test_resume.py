@@ -82,7 +82,7 @@ def test_crash_then_rerun_resumes_identically(reference: Path, tmp_path: Path, m
         crash_at(patch, 250)
         with pytest.raises(Crash):
             run(cfg, tmp_path)
-    assert read_result(tmp_path)["status"] == "failed"
+    assert read_result(tmp_path).status == "failed"
     assert max(r["step"] for r in read_metrics(tmp_path)) == 240  # records past the checkpoint at 200
     with caplog.at_level(logging.INFO, logger="adalfl"):
         run(cfg, tmp_path)
@@ -166,7 +166,7 @@ def test_stop_signal_checkpoints_at_the_current_step(reference: Path, tmp_path: 
         assert signal.getsignal(signum) is handler  # restored after the job
     finally:
         signal.signal(signum, previous)
-    assert read_result(tmp_path)["status"] == "interrupted"
+    assert read_result(tmp_path).status == "interrupted"
     state = ckpt.Checkpointer(tmp_path).load()
     assert state is not None and state["progress"]["step"] == 137
     assert not preemption.requested()
@@ -194,7 +194,7 @@ def test_sigkill_mid_run_then_restart_gives_identical_metrics(tmp_path: Path) ->
         child.send_signal(signal.SIGKILL)
     finally:
         child.wait(timeout=60)
-    assert not (killed / "result.json").exists() or read_result(killed)["status"] != "done"
+    assert not (killed / "result.json").exists() or read_result(killed).status != "done"
     assert max(r["step"] for r in read_metrics(killed)) >= 350
 
     proc = run_main([*job, f"hydra.run.dir={killed}"])
@@ -218,8 +218,8 @@ def test_local_launcher_runs_a_sweep_with_two_workers(tmp_path: Path) -> None:
     run_ids = set()
     for job in jobs:
         result = read_result(job)
-        assert result["status"] == "done", result.get("error")
-        assert result["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+        assert result.status == "done", result.error
+        assert result.threads == max(1, len(os.sched_getaffinity(0)) // 2)
         run_id = (job / ".wandb_run_id").read_text().strip()
         runs = list((job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1 and runs[0].name.endswith(run_id), runs
@@ -308,8 +308,8 @@ def test_offline_phase_crash_resumes_from_its_last_checkpoint(name: str, offline
         run(offline_job(name), tmp_path)
     assert "at the offline phase" in caplog.text
     assert_same_as(offline_references[name], tmp_path)
-    wall = read_result(tmp_path)["wall_time_s"]
-    assert wall["total"] >= wall["offline"] + wall["train"] + wall["eval"] - 1e-6  # summed over both attempts
+    wall = read_result(tmp_path).wall_time_s
+    assert wall.total >= wall.offline + wall.train + wall.eval - 1e-6  # summed over both attempts
 
 
 @pytest.mark.parametrize("name", ["adalfl", "taylorglo-cmaes"])
@@ -323,7 +323,7 @@ def test_sigterm_in_an_offline_phase_checkpoints_at_once(name: str, offline_refe
         with pytest.raises(SystemExit) as stopped:
             run(offline_job(name, "checkpoint.every=1000"), tmp_path)
     assert stopped.value.code == 128 + signal.SIGTERM
-    assert read_result(tmp_path)["status"] == "interrupted"
+    assert read_result(tmp_path).status == "interrupted"
     state = ckpt.Checkpointer(tmp_path).load()
     assert state is not None and not state["progress"]["offline_done"]
     if name == "taylorglo-cmaes":

@@ -47,9 +47,9 @@ def test_slurm_sweep_every_job_finishes(tmp_path: Path) -> None:
     assert len(jobs) == 2, list(sweep.iterdir())
     for job in jobs:
         result = read_result(job)
-        assert result["status"] == "done", result.get("error")
-        assert result["steps"] == 50
-        assert result["threads"] == 1  # Slurm's cpus_per_task from conf/hydra/launcher/slurm.yaml
+        assert result.status == "done", result.error
+        assert result.steps == 50
+        assert result.threads == 1  # Slurm's cpus_per_task from conf/hydra/launcher/slurm.yaml
         assert len(list((job / "wandb").glob("offline-run-*"))) == 1  # one W&B run per job
 
 

@@ -3,7 +3,6 @@ happens. ``main.py`` calls ``run`` with the composed Hydra config."""
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 from functools import partial
@@ -22,6 +21,7 @@ from adalfl.cpu_memory import configure_cpu_memory
 from adalfl.data import BatchSampler, Data, DataNotFoundError, load_data
 from adalfl.losses import Task
 from adalfl.methods.base import Method
+from adalfl.result import RESULT_FILE, Result, ResultError, Status, WallTime
 from adalfl.sweep.threads import configure_threads
 from adalfl.track.metrics import Tracker
 from adalfl.track.plots import learning_curves
@@ -34,11 +34,10 @@ from adalfl.train.folder import (
 from adalfl.train.job import Job
 from adalfl.train.loop import fit
 from adalfl.train.preemption import deferred_stop_signals
-from adalfl.utils import PhaseTimer, atomic_write_json, git_commit, resolve_device, seed_everything, versions
+from adalfl.utils import PhaseTimer, git_commit, resolve_device, seed_everything, versions
 
 log = logging.getLogger("adalfl")
 
-RESULT_FILE = "result.json"
 # Problems the user fixes with a different command, reported in one line by main.py.
 USER_ERRORS = (ConfigError, DataNotFoundError, ConfigMismatch, FolderInUse)
 
@@ -50,13 +49,16 @@ def output_dir() -> Path:
     return Path.cwd()
 
 
-def read_result(out_dir: Path) -> dict | None:
+def read_result(out_dir: Path) -> Result | None:
+    """The folder's result, or None when there is none that can be read (the job then runs and
+    replaces it)."""
     path = out_dir / RESULT_FILE
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return Result.read(path)
+    except (OSError, ResultError) as err:
+        log.warning("ignoring %s: %s", path, err)
         return None
 
 
@@ -87,14 +89,15 @@ def claim_folder(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
     """
     restart = bool(cfg.get("restart", False))
     previous = read_result(out_dir)
-    if previous is not None and previous.get("status") == "done":
-        what, recorded = "a finished job", previous
+    if previous is not None and previous.status == Status.DONE:
+        what, found, recorded = "a finished job", True, previous.config_identity
     elif _has_checkpoint(out_dir):
-        recorded = Checkpointer(out_dir).load()  # damaged files are moved aside here, as on resume
-        what = f"a checkpoint (step {(recorded or {}).get('progress', {}).get('step', '?')})"
+        checkpoint = Checkpointer(out_dir).load()  # damaged files are moved aside here, as on resume
+        what = f"a checkpoint (step {(checkpoint or {}).get('progress', {}).get('step', '?')})"
+        found, recorded = checkpoint is not None, (checkpoint or {}).get("config_identity")
     else:
         return None  # nothing to reuse: a fresh job (a failed record without a checkpoint is replaced)
-    diffs = _identity_differences(out_dir, recorded, identity)
+    diffs = _identity_differences(out_dir, found, recorded, identity)
     finished = what == "a finished job"
     if restart and (diffs or finished):
         aside = set_aside(out_dir)
@@ -105,17 +108,18 @@ def claim_folder(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
     if finished:
         log.info("%s already holds a finished result of this config; skipping (restart=true reruns it)",
                  out_dir / RESULT_FILE)
-        return float(previous["test_metric"])
+        return float(previous.test_metric)
     return None
 
 
-def _identity_differences(out_dir: Path, recorded: dict | None, identity: dict[str, Any]) -> list[str]:
-    """The keys on which a result or checkpoint differs from this job's config. Records written
-    before identities existed are compared with the folder's config_resolved.yaml on shared keys."""
-    if recorded is None:
+def _identity_differences(out_dir: Path, found: bool, recorded: Any, identity: dict[str, Any]) -> list[str]:
+    """The keys on which a result or checkpoint (``found``, with its ``recorded`` identity) differs
+    from this job's config. Records written before identities existed are compared with the
+    folder's config_resolved.yaml on shared keys."""
+    if not found:
         return []
-    if isinstance(recorded.get("config_identity"), dict):
-        return differences(recorded["config_identity"], identity)
+    if isinstance(recorded, dict):
+        return differences(recorded, identity)
     legacy = recorded_identity(out_dir)
     return legacy_differences(legacy, identity) if legacy is not None else []
 
@@ -128,20 +132,20 @@ def _has_checkpoint(out_dir: Path) -> bool:
 def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> float:
     timer = PhaseTimer()
     task = Task(str(cfg.dataset.task), int(cfg.dataset.num_outputs))
-    record: dict[str, Any] = {
-        "status": "running",
-        "method": cfg.method.name,
-        "dataset": cfg.dataset.name,
-        "model": model_name(cfg),
-        "seed": int(cfg.seed),
-        "experiment": cfg.get("experiment"),
-        "metric_name": task.metric_name,
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "config_fingerprint": fingerprint(identity),
-        "config_identity": identity,
-        "overrides": _task_overrides(),
-    }
+    result = Result(
+        status=Status.RUNNING,
+        method=str(cfg.method.name),
+        dataset=str(cfg.dataset.name),
+        model=model_name(cfg),
+        seed=int(cfg.seed),
+        experiment=cfg.get("experiment"),
+        metric_name=task.metric_name,
+        versions=versions(),
+        git_commit=git_commit(),
+        config_fingerprint=fingerprint(identity),
+        config_identity=identity,
+        overrides=_task_overrides(),
+    )
     wandb: WandbLogger | None = None
     tracker: Tracker | None = None
     method: Method | None = None
@@ -150,10 +154,10 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
         method = build_method(cfg)  # a bad method value fails here, before any data is loaded
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
         launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
-        record["threads"] = configure_threads(cfg.threads, launcher)
-        record["cpu_memory_reuse"] = configure_cpu_memory(cfg.cpu_memory)
+        result.threads = configure_threads(cfg.threads, launcher)
+        result.cpu_memory_reuse = configure_cpu_memory(cfg.cpu_memory)
         device = resolve_device(cfg.device)
-        record["device"] = str(device)
+        result.device = str(device)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         tracker = Tracker(out_dir)
@@ -163,49 +167,45 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
             progress = fit(job, model, method)
         curves = learning_curves(tracker, task.metric_name, out_dir / "learning_curves.png", job.title)
         tracker.image("plots/learning_curves", curves, "train", progress.step)
-        record.update(
-            status="done",
-            test_metric=progress.final_test,
-            final_val_metric=progress.final_val,
-            best_val_metric=progress.best_val,
-            best_val_step=progress.best_step,
-            test_metric_at_best_val=progress.test_at_best_val,
-            steps=progress.step,
-            **method.summary(),
-        )
+        result.add_summary(method.summary())
+        result.test_metric = progress.final_test
+        result.final_val_metric = progress.final_val
+        result.best_val_metric = progress.best_val
+        result.best_val_step = progress.best_step
+        result.test_metric_at_best_val = progress.test_at_best_val
+        result.steps = progress.step
+        result.status = Status.DONE
     except BaseException as err:
         # SystemExit/KeyboardInterrupt: stopped from outside (Ctrl-C, or submitit exiting after a
         # preemption/time-limit requeue); the next start in this folder resumes from the checkpoint.
         stopped = isinstance(err, (SystemExit, KeyboardInterrupt))
-        record.update(
-            status="interrupted" if stopped else "failed",
-            error=f"{type(err).__name__}: {err}",
-            traceback=traceback.format_exc(),
-        )
+        result.status = Status.INTERRUPTED if stopped else Status.FAILED
+        result.error = f"{type(err).__name__}: {err}"
+        result.traceback = traceback.format_exc()
         if method is not None:
-            record.update(_safe_summary(method))  # the learned loss's last health and dead-loss count
+            _add_summary_safely(result, method)  # the learned loss's last health and dead-loss count
         raise
     finally:
-        record["wall_time_s"] = {**timer.snapshot(), "total": timer.total()}  # over every attempt
-        atomic_write_json(out_dir / RESULT_FILE, record)
+        result.wall_time_s = WallTime.from_dict({**timer.snapshot(), "total": timer.total()})  # over every attempt
+        result.write(out_dir / RESULT_FILE)
         if tracker is not None:
             tracker.close()
         if wandb is not None:
-            wandb.result(record)
-            wandb.finish(failed=record["status"] != "done")
+            wandb.result(result.to_dict())
+            wandb.finish(failed=result.status != Status.DONE)
     log.info(
         "[%s/%s/%s seed=%s] test %s = %.4f  (best val %.4f)  in %.1f s -> %s",
-        record["dataset"], record["model"], record["method"], record["seed"], task.metric_name,
-        record["test_metric"], record["best_val_metric"], record["wall_time_s"]["total"], out_dir,
+        result.dataset, result.model, result.method, result.seed, task.metric_name,
+        result.test_metric, result.best_val_metric, result.wall_time_s.total, out_dir,
     )
-    return float(record["test_metric"])
+    return float(result.test_metric)
 
 
-def _safe_summary(method: Method) -> dict:
+def _add_summary_safely(result: Result, method: Method) -> None:
     try:
-        return method.summary()
+        result.add_summary(method.summary())
     except Exception:  # noqa: BLE001 - a method that failed early may have nothing to summarise
-        return {}
+        pass
 
 
 def _task_overrides() -> list[str] | None:

@@ -29,10 +29,10 @@ def _test_series(folder: Path, metric: str) -> dict[int, float]:
 def test_curves_figure(jobs: list["Job"], methods: list[str], path: Path, title: str | None = None) -> Path:
     """Test metric against step per method (a report column: a method, or a method with its own
     settings): mean over seeds with a ± std band."""
-    metric = jobs[0].result["metric_name"]
+    metric = jobs[0].result.metric_name
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in methods:
-        runs = [_test_series(j.folder, metric) for j in jobs if (j.column or j.result["method"]) == method]
+        runs = [_test_series(j.folder, metric) for j in jobs if (j.column or j.result.method) == method]
         runs = [r for r in runs if r]
         if not runs:
             continue
@@ -45,7 +45,7 @@ def test_curves_figure(jobs: list["Job"], methods: list[str], path: Path, title:
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("step")
     ax.set_ylabel("test error rate (%)" if metric == "error_rate" else "test MSE")
-    ax.set_title(title or f"{jobs[0].result['dataset']} / {jobs[0].result['model']}")
+    ax.set_title(title or f"{jobs[0].result.dataset} / {jobs[0].result.model}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

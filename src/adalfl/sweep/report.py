@@ -5,7 +5,8 @@ writes, into that folder:
 
 * ``results.md`` / ``results.csv`` / ``results.tex``: rows dataset x model (x setting), columns
   methods, the final test metric as mean ± standard deviation over finished seeds, the best per
-  row in bold, the number of finished seeds; failed, unfinished and never-started jobs listed; and
+  row in bold, the number of finished seeds and of failed and interrupted jobs; failed,
+  interrupted (with the command that resumes each), unfinished and never-started jobs listed; and
   the run-time table (time per job and method, mean over seeds, split into the offline phase and
   training, in seconds, minutes or hours as fits the table).
 * ``figures/curves_<dataset>_<model>[_<setting>].png``: test metric against training step per
@@ -31,6 +32,7 @@ import csv
 import io
 import json
 import math
+import shlex
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
+from adalfl.result import RESULT_FILE, Result, ResultError, Status
 from adalfl.utils import atomic_write_bytes
 
 METHOD_ORDER = ["ce", "ml3", "taylorglo", "metalr", "adalfl"]
@@ -50,28 +53,27 @@ Row = tuple[str, str, str]  # dataset, model, setting ("" when the sweep varies 
 @dataclass
 class Job:
     folder: Path
-    result: dict
+    result: Result
     setting: str = ""  # what sets this job's row apart from the others of its dataset x model
     column: str = ""  # its method, with the method settings that set it apart
 
     @property
     def key(self) -> Row:
-        return self.result["dataset"], self.result["model"], self.setting
+        return self.result.dataset, self.result.model, self.setting
 
     @property
     def identity(self) -> dict:
         """The job's config identity without its seed (see adalfl.train.folder)."""
         from adalfl.train.folder import recorded_identity
 
-        found = self.result.get("config_identity")
-        if not isinstance(found, dict):
+        found = self.result.config_identity
+        if found is None:
             found = recorded_identity(self.folder) or {}
         return {k: v for k, v in found.items() if k != "seed"}
 
     @property
     def done(self) -> bool:
-        value = self.result.get("test_metric")
-        return self.result.get("status") == "done" and value is not None and math.isfinite(value)
+        return self.result.finished
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Cell:
     values: list[float] = field(default_factory=list)  # finished seeds, in display units
     seeds: list[int] = field(default_factory=list)  # the seed of each value, for paired comparisons
     failed: int = 0
+    interrupted: int = 0  # stopped from outside; resumes when rerun
     hours_offline: list[float] = field(default_factory=list)
     hours_train: list[float] = field(default_factory=list)
 
@@ -100,9 +103,10 @@ class Report:
     methods: list[str]  # column labels: a method, or a method with its distinguishing settings
     cells: dict[Row, dict[str, Cell]]
     failed: list[Job]
-    unfinished: list[Path]
+    unfinished: list[Path]  # folders of jobs not done: no result yet, running, or interrupted
     missing: list[str]
     jobs: list[Job] = field(default_factory=list)
+    interrupted: list[Job] = field(default_factory=list)  # also in unfinished, listed with how to resume
 
     @property
     def has_settings(self) -> bool:
@@ -124,13 +128,13 @@ def find_jobs(sweep: Path) -> tuple[list[Job], list[Path]]:
         folder = hydra_dir.parent
         if folder == sweep:
             continue
-        path = folder / "result.json"
+        path = folder / RESULT_FILE
         if not path.exists():
             unfinished.append(folder)
             continue
         try:
-            jobs.append(Job(folder, json.loads(path.read_text())))
-        except (OSError, json.JSONDecodeError):
+            jobs.append(Job(folder, Result.read(path)))
+        except (OSError, ResultError):
             unfinished.append(folder)
     return jobs, unfinished
 
@@ -179,14 +183,14 @@ def assign_settings(jobs: list[Job]) -> None:
     jobs of its dataset x model (method keys among jobs of the same method)."""
     groups: dict[tuple[str, str], list[Job]] = {}
     for job in jobs:
-        groups.setdefault((job.result["dataset"], job.result["model"]), []).append(job)
+        groups.setdefault((job.result.dataset, job.result.model), []).append(job)
     for group in groups.values():
         identities = {id(j): j.identity for j in group}
         general = _distinguishing([{k: v for k, v in identities[id(j)].items() if not k.startswith("method.")}
                                    for j in group if identities[id(j)]])
         by_method: dict[str, list[Job]] = {}
         for job in group:
-            by_method.setdefault(job.result["method"], []).append(job)
+            by_method.setdefault(job.result.method, []).append(job)
         for method, members in by_method.items():
             own = _distinguishing([{k: v for k, v in identities[id(j)].items() if k.startswith("method.")}
                                    for j in members if identities[id(j)]])
@@ -209,31 +213,36 @@ def build(sweep: Path) -> Report:
     metric_names: set[str] = set()
     row_metric: dict[Row, str] = {}
     methods: set[str] = set()
-    failed = []
+    failed, interrupted = [], []
     for job in jobs:
         r = job.result
-        if r.get("status") in ("running", "interrupted"):
-            unfinished.append(job.folder)  # stopped from outside (or still running): resumes when rerun
+        if r.status == Status.RUNNING:
+            unfinished.append(job.folder)  # still running (or its writer died): resumes when rerun
             continue
         methods.add(job.column)
-        row_metric[job.key] = r["metric_name"]
+        row_metric[job.key] = r.metric_name
         cell = cells.setdefault(job.key, {}).setdefault(job.column, Cell())
         if job.done:
-            metric_names.add(r["metric_name"])
-            cell.values.append(_display(r["test_metric"], r["metric_name"]))
-            cell.seeds.append(int(r.get("seed", -1)))
-            wall = r.get("wall_time_s", {})
-            cell.hours_offline.append(wall.get("offline", 0.0) / 3600)
-            cell.hours_train.append((wall.get("train", 0.0) + wall.get("eval", 0.0)) / 3600)
+            metric_names.add(r.metric_name)
+            cell.values.append(_display(r.test_metric, r.metric_name))
+            cell.seeds.append(r.seed)
+            wall = r.wall_time_s
+            cell.hours_offline.append((wall.offline or 0.0) / 3600)
+            cell.hours_train.append(((wall.train or 0.0) + (wall.eval or 0.0)) / 3600)
+        elif r.status == Status.INTERRUPTED:
+            # Stopped from outside (signal, preemption): not a failure, it resumes from its checkpoint.
+            cell.interrupted += 1
+            interrupted.append(job)
+            unfinished.append(job.folder)
         else:
             cell.failed += 1
             failed.append(job)
     seen = {_job_overrides(job.folder) for job in jobs} | {_job_overrides(f) for f in unfinished}
     missing = sorted(",".join(sorted(o)) for o in expected_overrides(sweep) if o not in seen)
     ordered = sorted(methods, key=_column_order)
-    title = next((j.result.get("experiment") for j in jobs if j.result.get("experiment")), None) or sweep.name
+    title = next((j.result.experiment for j in jobs if j.result.experiment), None) or sweep.name
     return Report(sweep, title, metric_names, row_metric, ordered, dict(sorted(cells.items())), failed,
-                  sorted(unfinished), missing, jobs)
+                  sorted(unfinished), missing, jobs, interrupted)
 
 
 BASELINE = "ce"
@@ -267,10 +276,11 @@ def paired_with_baseline(by_method: dict[str, Cell]) -> list[Paired]:
 
 
 def _fmt(cell: Cell | None) -> str:
-    if cell is None or (not cell.values and not cell.failed):
+    if cell is None or (not cell.values and not cell.failed and not cell.interrupted):
         return "–"
-    text = f"{cell.mean:.2f} ± {cell.std:.2f}" if cell.values else "failed"
-    extra = f"n={len(cell.values)}" + (f", {cell.failed} failed" if cell.failed else "")
+    text = f"{cell.mean:.2f} ± {cell.std:.2f}" if cell.values else "failed" if cell.failed else "interrupted"
+    extra = (f"n={len(cell.values)}" + (f", {cell.failed} failed" if cell.failed else "")
+             + (f", {cell.interrupted} interrupted" if cell.interrupted else ""))
     return f"{text} ({extra})"
 
 
@@ -385,19 +395,38 @@ def markdown(report: Report) -> str:
     if report.failed or report.unfinished or report.missing:
         lines += ["", "## Incomplete", ""]
         for job in report.failed:
-            lines.append(f"- failed: `{job.folder.relative_to(report.sweep)}`: {job.result.get('error', 'unknown error')}")
+            lines.append(f"- failed: `{job.folder.relative_to(report.sweep)}`: {job.result.error or 'unknown error'}")
+        for job in report.interrupted:
+            lines.append(f"- interrupted: `{job.folder.relative_to(report.sweep)}`: "
+                         f"{job.result.error or 'stopped from outside'}; resume: `{resume_command(job)}`")
+        stopped = {job.folder for job in report.interrupted}
         for folder in report.unfinished:
-            lines.append(f"- not finished: `{folder.relative_to(report.sweep)}`")
+            if folder not in stopped:
+                lines.append(f"- not finished: `{folder.relative_to(report.sweep)}`")
         for overrides in report.missing:
             lines.append(f"- not started: `{overrides}`")
+        if report.interrupted:
+            lines += ["", "An interrupted job (stopped by a signal, a preemption or a time limit) is no failure: "
+                      "started again in its folder it resumes from its last checkpoint (or starts over if it "
+                      "wrote none). Rerun the sweep's command with "
+                      f"`hydra.sweep.dir={shlex.quote(str(report.sweep))}` (finished jobs are skipped, "
+                      "interrupted ones resume), or one job with its command above."]
     return "\n".join(lines) + "\n"
+
+
+def resume_command(job: Job) -> str:
+    """The command that resumes one job in its folder: its own overrides, its folder as the run dir."""
+    overrides = job.result.overrides
+    if overrides is None:  # a job run outside Hydra's command line: only its folder is known
+        return f"python main.py <its overrides> hydra.run.dir={shlex.quote(str(job.folder))}"
+    return shlex.join(["python", "main.py", *overrides, f"hydra.run.dir={job.folder}"])
 
 
 def csv_text(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["dataset", "model", "setting", "method", "metric", "n_finished", "n_failed", "mean", "std",
-                     "values", "seeds", "hours_offline", "hours_train"])
+    writer.writerow(["dataset", "model", "setting", "method", "metric", "n_finished", "n_failed", "n_interrupted",
+                     "mean", "std", "values", "seeds", "hours_offline", "hours_train"])
     for (dataset, model, setting), by_method in report.cells.items():
         for method in report.methods:
             cell = by_method.get(method)
@@ -405,7 +434,7 @@ def csv_text(report: Report) -> str:
                 continue
             writer.writerow([
                 dataset, model, setting, method, report.row_metric[(dataset, model, setting)], len(cell.values), cell.failed,
-                f"{cell.mean:.6g}", f"{cell.std:.6g}", " ".join(f"{v:.6g}" for v in cell.values),
+                cell.interrupted, f"{cell.mean:.6g}", f"{cell.std:.6g}", " ".join(f"{v:.6g}" for v in cell.values),
                 " ".join(str(seed) for seed in cell.seeds),
                 f"{statistics.fmean(cell.hours_offline):.6g}" if cell.hours_offline else "",
                 f"{statistics.fmean(cell.hours_train):.6g}" if cell.hours_train else "",
@@ -457,7 +486,7 @@ def figures(report: Report) -> list[Path]:
         name = f"{row[0]}_{row[1]}" + (f"_{_slug(row[2])}" if row[2] else "")
         title = f"{row[0]} / {row[1]}" + (f" ({row[2]})" if row[2] else "")
         written.append(test_curves_figure(done, report.methods, folder / f"curves_{name}.png", title))
-        adalfl = sorted((j for j in done if j.result["method"] == "adalfl"), key=lambda j: (j.column != "adalfl", j.column, j.result["seed"]))
+        adalfl = sorted((j for j in done if j.result.method == "adalfl"), key=lambda j: (j.column != "adalfl", j.column, j.result.seed))
         curves = next((j.folder / "learned_loss_curves.json" for j in adalfl if (j.folder / "learned_loss_curves.json").exists()), None)
         if curves is not None:
             written.append(learned_loss_figure(curves, folder / f"learned_loss_{name}.png", f"AdaLFL learned loss, {title}"))

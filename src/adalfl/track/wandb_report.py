@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 RUN_ID_FILE = ".wandb_report_run_id"
 LOCK_FILE = ".wandb_report.lock"
 # results.csv columns that W&B gets as numbers (sortable, plottable); every other column is text.
-CSV_NUMBERS = {"n_finished": int, "n_failed": int, "mean": float, "std": float, "hours_offline": float,
+CSV_NUMBERS = {"n_finished": int, "n_failed": int, "n_interrupted": int, "mean": float, "std": float, "hours_offline": float,
                "hours_train": float}
 
 
@@ -115,6 +115,7 @@ def _log_run(report: "Report", tables: list["Table"], csv_body: str, figures: li
         run.summary.update({
             "jobs/finished": sum(len(c.values) for by_method in report.cells.values() for c in by_method.values()),
             "jobs/failed": len(report.failed),
+            "jobs/interrupted": len(report.interrupted),  # also counted in jobs/unfinished
             "jobs/unfinished": len(report.unfinished),
             "jobs/not_started": len(report.missing),
         })
