@@ -161,6 +161,8 @@ class Result:
     # The method's own final facts (learned-loss methods).
     loss_health: LossHealth | None = None
     dead_loss: DeadLoss | None = None
+    # Any other fact a method's summary() gives (a new method needs no change here to report one).
+    method_facts: dict[str, Any] | None = None
     # Why it ended early (failed or interrupted).
     error: str | None = None  # "<exception type>: <message>"
     traceback: str | None = None
@@ -173,7 +175,9 @@ class Result:
 
     def add_summary(self, summary: Mapping[str, Any]) -> None:
         """Take a method's ``summary()`` (its final facts) into their fields."""
-        _unknown(summary, {"loss_health", "dead_loss"}, "the method's summary")
+        other = {k: v for k, v in summary.items() if k not in {"loss_health", "dead_loss"}}
+        if other:
+            self.method_facts = {**(self.method_facts or {}), **other}
         if "loss_health" in summary:
             self.loss_health = LossHealth.from_dict(summary["loss_health"])
         if "dead_loss" in summary:
@@ -194,6 +198,7 @@ class Result:
             "test_metric_at_best_val": self.test_metric_at_best_val, "steps": self.steps,
             "loss_health": self.loss_health.to_dict() if self.loss_health else None,
             "dead_loss": self.dead_loss.to_dict() if self.dead_loss else None,
+            "method_facts": self.method_facts or None,
             "error": self.error, "traceback": self.traceback, "wall_time_s": self.wall_time_s.to_dict(),
         }
         return {k: v for k, v in out.items() if v is not None or k in ALWAYS_WRITTEN}
@@ -246,6 +251,7 @@ class Result:
             steps=_check(get("steps"), int, "steps"),
             loss_health=LossHealth.from_dict(get("loss_health")) if get("loss_health") is not None else None,
             dead_loss=DeadLoss.from_dict(get("dead_loss")) if get("dead_loss") is not None else None,
+            method_facts=_check(get("method_facts"), dict, "method_facts"),
             error=_check(get("error"), str, "error"),
             traceback=_check(get("traceback"), str, "traceback"),
             wall_time_s=WallTime.from_dict(get("wall_time_s") or {}),
