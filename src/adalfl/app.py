@@ -18,10 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from adalfl.config import ConfigError, model_name, validate
+from adalfl.core import JobContext, Method
 from adalfl.cpu_memory import configure_cpu_memory
 from adalfl.data import BatchSampler, Data, DataNotFoundError, load_data
 from adalfl.losses import Task
-from adalfl.methods.base import Method
+from adalfl.preemption import deferred_stop_signals
 from adalfl.sweep.threads import configure_threads
 from adalfl.track.metrics import Tracker
 from adalfl.track.plots import learning_curves
@@ -31,9 +32,7 @@ from adalfl.train.folder import (
     ConfigMismatch, FolderInUse, config_identity, differences, fingerprint, folder_lock, legacy_differences,
     mismatch_message, recorded_identity, set_aside,
 )
-from adalfl.train.job import Job
 from adalfl.train.loop import fit
-from adalfl.train.preemption import deferred_stop_signals
 from adalfl.utils import PhaseTimer, atomic_write_json, git_commit, resolve_device, seed_everything, versions
 
 log = logging.getLogger("adalfl")
@@ -218,25 +217,39 @@ def _task_overrides() -> list[str] | None:
 
 def build_job(
     cfg: DictConfig, out_dir: Path, device: torch.device, tracker: Tracker, timer: PhaseTimer | None = None
-) -> tuple[Job, nn.Module]:
-    """Seed, load the data and build the job's model (theta_0) and shared services."""
-    seed_everything(int(cfg.seed))
+) -> tuple[JobContext, nn.Module]:
+    """Seed, load the data and build the job's model (theta_0) and shared services. The context
+    takes from the config, once, every value the loop and the methods read."""
+    seed = int(cfg.seed)
+    seed_everything(seed)
     data = load_data(cfg.dataset, device)
     check_batch_size(cfg, data)
     data.channels_last = _channels_last(cfg)
     build_model = partial(_build_model, cfg, device)
     model = build_model()  # built before any offline phase: every method starts from the same theta_0
-    job = Job(
-        cfg=cfg,
+    dataset = cfg.dataset
+    job = JobContext(
+        title=f"{dataset.name} / {model_name(cfg)} / {cfg.method.name} / seed {seed}",
+        seed=seed,
         out_dir=out_dir,
         device=device,
-        task=Task(str(cfg.dataset.task), int(cfg.dataset.num_outputs)),
+        task=Task(str(dataset.task), int(dataset.num_outputs)),
         data=data,
-        tracker=tracker,
+        steps=int(dataset.steps),
+        batch_size=int(dataset.batch_size),
+        eval_batch_size=int(dataset.eval_batch_size),
+        log_interval=int(dataset.log_interval),
+        eval_interval=int(dataset.eval_interval),
+        base_lr=float(cfg.optimizer.lr),
         build_model=build_model,
         build_optimizer=partial(_build_optimizer, cfg),
-        train_batches=BatchSampler(data.train, int(cfg.dataset.batch_size), seed=int(cfg.seed)),
-        val_batches=BatchSampler(data.val, int(cfg.dataset.batch_size), seed=int(cfg.seed) + 1_000_003),
+        train_batches=BatchSampler(data.train, int(dataset.batch_size), seed=seed),
+        val_batches=BatchSampler(data.val, int(dataset.batch_size), seed=seed + 1_000_003),
+        tracker=tracker,
+        checkpoint_every=int(cfg.checkpoint.every),
+        resume=bool(cfg.checkpoint.resume),
+        identity=config_identity(cfg),
+        progress_bar=bool(cfg.progress),
         timer=timer or PhaseTimer(),
         log=log,
     )
