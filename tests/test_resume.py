@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from adalfl import preemption
 from adalfl.app import run
-from adalfl.config import register_configs
+from adalfl.configstore import register_configs
 from adalfl.methods.base import FixedLossMethod
 from adalfl.sweep.resolvers import register_resolvers
 from adalfl.train import checkpoint as ckpt
