@@ -3,6 +3,8 @@ happens. ``main.py`` calls ``run`` with the composed Hydra config."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import logging
 import traceback
@@ -12,7 +14,6 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -270,22 +271,37 @@ def check_batch_size(cfg: DictConfig, data: Data) -> None:
 
 
 def build_method(cfg: DictConfig) -> Method:
-    """Instantiate the method, reporting a bad method value as a ConfigError, not a Hydra trace."""
-    try:
-        return instantiate(cfg.method, _convert_="all")
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, ValueError):
-            raise ConfigError(str(cause)) from err
-        raise
+    """Instantiate the method; a bad method value fails here as a one-line ConfigError."""
+    return checked_partial(cfg.method, "method")()
 
 
 def _build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
-    try:
-        model = instantiate(cfg.model, _convert_="all")
-    except Exception as err:
-        raise ConfigError(f"cannot build model {cfg.model._target_}: {err}") from err
+    model = checked_partial(cfg.model, "model")()
     return model.to(device, memory_format=torch.channels_last if _channels_last(cfg) else torch.preserve_format)
+
+
+def checked_partial(node: DictConfig, key: str) -> partial:
+    """``node``'s ``_target_`` with its keyword arguments, not called yet, once the config's part is
+    checked: a target that does not exist, or keys its signature does not take, is a ConfigError
+    (one line). The caller calls it: a ConfigError the constructor raises is its own check of the
+    values; any other exception there is a bug and keeps its traceback, where Hydra's instantiate
+    would have turned it into a one-line InstantiationException."""
+    target = str(node._target_)
+    module_name, _, name = target.rpartition(".")
+    try:
+        found = bool(module_name) and hasattr(importlib.import_module(module_name), name)
+    except ModuleNotFoundError as err:
+        if not f"{module_name}.".startswith(f"{err.name}."):
+            raise  # the module exists but imports one that does not: not a typo in the config
+        found = False
+    if not found:
+        raise ConfigError(f"{key}._target_: there is no {target}")
+    factory = instantiate(node, _convert_="all", _partial_=True)
+    try:
+        inspect.signature(factory.func).bind(*factory.args, **factory.keywords)
+    except TypeError as err:
+        raise ConfigError(f"{key}: {target} does not take these keys: {err}") from None
+    return factory
 
 
 def _channels_last(cfg: DictConfig) -> bool:
