@@ -102,9 +102,9 @@ class OfflineMetaTraining:
 
     Its position (the meta step reached), Adam's state and the count of skipped steps belong to
     the method's checkpoint (``state_dict``); the loop writes that checkpoint every
-    ``checkpoint.every`` meta steps and at once on a stop signal (``JobContext.offline_boundary``). With the
-    RNG streams and batch samplers the checkpoint also restores, a preempted phase ends exactly as
-    an uninterrupted one.
+    ``checkpoint.every`` meta steps and at once on a stop signal (``JobContext.offline_boundary``).
+    With the RNG streams and batch samplers the checkpoint also restores, a preempted phase ends
+    exactly as an uninterrupted one.
     """
 
     def __init__(self) -> None:
