@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from adalfl.config import register_configs
+from adalfl.configstore import register_configs
 from adalfl.sweep.resolvers import register_resolvers
 
 
@@ -39,8 +39,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     ignore_known_warnings()
-    from adalfl import run
-    from adalfl.app import USER_ERRORS
+    from adalfl.app import USER_ERRORS, run
     from adalfl.sweep.errors import SweepJobFailed, report_job_error
 
     hydra_cfg = HydraConfig.get()

@@ -32,14 +32,17 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from types import SimpleNamespace
+from functools import partial
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from adalfl.core import JobContext
 from adalfl.cpu_memory import configure_cpu_memory
-from adalfl.data import Batch
+from adalfl.data import BatchSampler, Data, Split
 from adalfl.losses import Task
 from adalfl.methods.adalfl import AdaLFL
 from adalfl.methods.ce import CrossEntropy
@@ -47,6 +50,7 @@ from adalfl.models.lenet import LeNet5, LeNet5ReLU, SmallCNN
 from adalfl.models.resnet import ResNet18, preresnet20
 from adalfl.models.simple import MLP
 from adalfl.models.wideresnet import wrn16_8
+from adalfl.track.metrics import Tracker
 from adalfl.utils import resolve_device
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -87,24 +91,38 @@ MODELS = {
 
 def build(name: str, method: str, backend: str, device: torch.device, batch_size: int,
           channels_last: bool = False):  # noqa: ANN201
-    """The model, its optimiser and the method's real train_step, on fixed random batches."""
+    """The model, its optimiser and the method's real train_step. The job's splits hold one batch
+    of random data each: every step draws it whole (reshuffled), as a job draws its batches."""
     torch.manual_seed(0)
     make, shape, sgd = MODELS[name]
-    fmt = torch.channels_last if channels_last and len(shape) == 3 else torch.contiguous_format
-    model = make().to(device, memory_format=fmt)
+    images = channels_last and len(shape) == 3
+    model = make().to(device, memory_format=torch.channels_last if images else torch.contiguous_format)
     optimizer = torch.optim.SGD(model.parameters(), **sgd)
-    train = Batch(torch.randn(batch_size, *shape, device=device).contiguous(memory_format=fmt),
-                  torch.randint(0, 10, (batch_size,), device=device))
-    val = Batch(torch.randn(batch_size, *shape, device=device).contiguous(memory_format=fmt),
-                torch.randint(0, 10, (batch_size,), device=device))
-    job = SimpleNamespace(task=Task("classification", 10), device=device,
-                          train_batch=lambda: train, val_batch=lambda: val)
+
+    def split() -> Split:
+        return Split(torch.randn(batch_size, *shape, device=device), torch.randint(0, 10, (batch_size,), device=device))
+
+    data = Data("classification", 10, train=split(), val=split(), test=split(), channels_last=images)
+    out_dir = Path(tempfile.gettempdir()) / "adalfl-step-cost"  # never written: no observe(), no logging
+    job = JobContext(
+        title=f"step_cost / {name} / {method}", seed=0, out_dir=out_dir, device=device,
+        task=Task("classification", 10), data=data, steps=1_000_000, batch_size=batch_size,
+        eval_batch_size=batch_size, log_interval=1, eval_interval=1_000_000, base_lr=sgd["lr"],
+        build_model=lambda: make().to(device), build_optimizer=partial(_sgd, sgd),
+        train_batches=BatchSampler(data.train, batch_size, seed=0),
+        val_batches=BatchSampler(data.val, batch_size, seed=1), tracker=Tracker(out_dir),
+    )
     if method == "ce":
         impl = CrossEntropy("ce")
     else:
         impl = AdaLFL("adalfl", loss={}, meta={"backend": backend, "init_steps": 0}, plot_every=1)  # observe() is never called here
     impl.setup(job, model)
     return lambda: impl.train_step(job, model, optimizer)
+
+
+def _sgd(settings: dict, params: list[torch.nn.Parameter]):  # noqa: ANN202
+    optimizer = torch.optim.SGD(params, **settings)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[])  # a job's, without milestones
 
 
 def timed(step, device: torch.device) -> float:  # noqa: ANN001

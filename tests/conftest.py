@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from adalfl.config import register_configs
+from adalfl.configstore import register_configs
 from adalfl.sweep.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 
 from adalfl.app import _build_model, _build_optimizer, run
 from adalfl.config import ConfigError, validate
+from adalfl.core import Method
 from adalfl.data import load_data
-from adalfl.methods.base import Method
 
 from conftest import CONF, compose_config, run_main, tiny
 

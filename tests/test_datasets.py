@@ -25,7 +25,8 @@ from omegaconf import DictConfig, open_dict
 from torchvision import datasets
 
 from adalfl.app import run
-from adalfl.config import register_configs, validate
+from adalfl.config import validate
+from adalfl.configstore import register_configs
 from adalfl.data import DataNotFoundError, load_data
 from adalfl.data.images import ImageTransform, random_crop_flip
 from adalfl.config import ConfigError

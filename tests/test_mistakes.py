@@ -1,9 +1,11 @@
 """User mistakes become one line naming the key and the allowed values, before any compute where the
-value alone decides (before the data is loaded); W&B's start-up waits only logger.init_timeout."""
+value alone decides (before the data is loaded); W&B's start-up waits only logger.init_timeout. A bug
+is not a mistake of the user's: it keeps its traceback."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from adalfl import app
 from adalfl.app import run
 from adalfl.config import ConfigError
 
-from conftest import run_main, tiny
+from conftest import REPO, run_main, tiny
 
 FAST = ("model.widths=[32,32]", "threads=1", "dataset.steps=20")
 
@@ -89,3 +91,48 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(key: str, tmp_path:
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"error: cannot write the output folder {blocker}/job: Not a directory; choose another with {key}=..."]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model._target_=adalfl.models.simple.NoSuchModel"], "model._target_: there is no adalfl.models.simple.NoSuchModel"),
+        (["model._target_=adalfl.models.no_such_module.MLP"], "model._target_: there is no adalfl.models.no_such_module.MLP"),
+        (["+model.depth=3"], "model: adalfl.models.simple.MLP does not take these keys: got an unexpected keyword argument 'depth'"),
+        (["model.widths=[0]"], r"model.widths must be positive, got \[0\]"),  # the model's own check
+    ],
+)
+def test_a_model_the_config_cannot_build_is_one_line(overrides: list[str], message: str, job_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        run(tiny(*FAST, *overrides), out_dir=job_dir)
+    assert "\n" not in str(refused.value)
+
+
+# A model with a bug in its __init__, not in the config: it accepts every key of conf/model/mlp.yaml.
+BROKEN_MODEL = """
+from torch import nn
+
+
+class Broken(nn.Module):
+    def __init__(self, input_shape, num_outputs, widths=(), activation="relu", batch_norm=False, init="xavier"):
+        super().__init__()
+        self.scale = 1 / 0
+"""
+
+
+def test_a_bug_in_a_model_keeps_its_traceback(tmp_path: Path, job_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken_model.py").write_text(BROKEN_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ZeroDivisionError):
+        run(tiny(*FAST, "model._target_=broken_model.Broken"), out_dir=job_dir)
+    result = json.loads((job_dir / "result.json").read_text())
+    assert result["status"] == "failed" and result["error"] == "ZeroDivisionError: division by zero"
+    assert "self.scale = 1 / 0" in result["traceback"]
+    # As a user runs it: Hydra prints the traceback, main.py does not turn it into "error: ..."
+    proc = run_main(["logger=none", "threads=1", "dataset.steps=20", "model._target_=broken_model.Broken"],
+                    cwd=tmp_path, env={"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{tmp_path}"})
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert 'broken_model.py", line 8, in __init__' in proc.stderr
+    assert "ZeroDivisionError: division by zero" in proc.stderr
+    assert not any(line.startswith("error:") for line in proc.stderr.splitlines())

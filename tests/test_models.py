@@ -21,7 +21,8 @@ from adalfl.losses import Task
 from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.meta import make_engine
 from adalfl.meta.tangent import ForwardRecord
-from adalfl.config import ConfigError, model_name, register_configs
+from adalfl.config import ConfigError, model_name
+from adalfl.configstore import register_configs
 from adalfl.models import reset_parameters
 from adalfl.sweep.resolvers import register_resolvers
 from conftest import TEST_DEVICE

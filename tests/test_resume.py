@@ -14,12 +14,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from adalfl import preemption
 from adalfl.app import run
-from adalfl.config import register_configs
+from adalfl.configstore import register_configs
 from adalfl.methods.base import FixedLossMethod
 from adalfl.sweep.resolvers import register_resolvers
 from adalfl.train import checkpoint as ckpt
-from adalfl.train import preemption
 from mainproc import REPO, read_metrics, read_result, result_metrics, run_main, start_main
 
 # Small, but long enough to hold several checkpoints: 300 steps of Digits, one checkpoint every 100.

@@ -1,10 +1,6 @@
-"""AdaLFL reproducibility suite: meta-learned adaptive loss functions and their baselines."""
+"""AdaLFL reproducibility suite: meta-learned adaptive loss functions and their baselines.
+
+One job runs through ``adalfl.app.run`` (main.py). This module holds only the version: it is the
+lowest layer (scripts/check_imports.py), which every module may import."""
 
 __version__ = "0.1.0"
-
-
-def run(cfg):  # noqa: ANN001, ANN201 - thin re-export so main.py stays a one-liner
-    """Run one job described by a composed Hydra config; see adalfl.app.run."""
-    from adalfl.app import run as _run
-
-    return _run(cfg)

@@ -3,6 +3,8 @@ happens. ``main.py`` calls ``run`` with the composed Hydra config."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import traceback
 from functools import partial
@@ -11,16 +13,16 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from adalfl.config import ConfigError, model_name, validate
+from adalfl.core import JobContext, Method
 from adalfl.cpu_memory import configure_cpu_memory
 from adalfl.data import BatchSampler, Data, DataNotFoundError, load_data
 from adalfl.losses import Task
-from adalfl.methods.base import Method
+from adalfl.preemption import deferred_stop_signals
 from adalfl.result import RESULT_FILE, Result, ResultError, Status, WallTime
 from adalfl.sweep.threads import configure_threads
 from adalfl.track.metrics import Tracker
@@ -31,9 +33,7 @@ from adalfl.train.folder import (
     ConfigMismatch, FolderInUse, config_identity, differences, fingerprint, folder_lock, legacy_differences,
     mismatch_message, recorded_identity, set_aside,
 )
-from adalfl.train.job import Job
 from adalfl.train.loop import fit
-from adalfl.train.preemption import deferred_stop_signals
 from adalfl.utils import PhaseTimer, git_commit, resolve_device, seed_everything, versions
 
 log = logging.getLogger("adalfl")
@@ -218,25 +218,39 @@ def _task_overrides() -> list[str] | None:
 
 def build_job(
     cfg: DictConfig, out_dir: Path, device: torch.device, tracker: Tracker, timer: PhaseTimer | None = None
-) -> tuple[Job, nn.Module]:
-    """Seed, load the data and build the job's model (theta_0) and shared services."""
-    seed_everything(int(cfg.seed))
+) -> tuple[JobContext, nn.Module]:
+    """Seed, load the data and build the job's model (theta_0) and shared services. The context
+    takes from the config, once, every value the loop and the methods read."""
+    seed = int(cfg.seed)
+    seed_everything(seed)
     data = load_data(cfg.dataset, device)
     check_batch_size(cfg, data)
     data.channels_last = _channels_last(cfg)
     build_model = partial(_build_model, cfg, device)
     model = build_model()  # built before any offline phase: every method starts from the same theta_0
-    job = Job(
-        cfg=cfg,
+    dataset = cfg.dataset
+    job = JobContext(
+        title=f"{dataset.name} / {model_name(cfg)} / {cfg.method.name} / seed {seed}",
+        seed=seed,
         out_dir=out_dir,
         device=device,
-        task=Task(str(cfg.dataset.task), int(cfg.dataset.num_outputs)),
+        task=Task(str(dataset.task), int(dataset.num_outputs)),
         data=data,
-        tracker=tracker,
+        steps=int(dataset.steps),
+        batch_size=int(dataset.batch_size),
+        eval_batch_size=int(dataset.eval_batch_size),
+        log_interval=int(dataset.log_interval),
+        eval_interval=int(dataset.eval_interval),
+        base_lr=float(cfg.optimizer.lr),
         build_model=build_model,
         build_optimizer=partial(_build_optimizer, cfg),
-        train_batches=BatchSampler(data.train, int(cfg.dataset.batch_size), seed=int(cfg.seed)),
-        val_batches=BatchSampler(data.val, int(cfg.dataset.batch_size), seed=int(cfg.seed) + 1_000_003),
+        train_batches=BatchSampler(data.train, int(dataset.batch_size), seed=seed),
+        val_batches=BatchSampler(data.val, int(dataset.batch_size), seed=seed + 1_000_003),
+        tracker=tracker,
+        checkpoint_every=int(cfg.checkpoint.every),
+        resume=bool(cfg.checkpoint.resume),
+        identity=config_identity(cfg),
+        progress_bar=bool(cfg.progress),
         timer=timer or PhaseTimer(),
         log=log,
     )
@@ -257,22 +271,37 @@ def check_batch_size(cfg: DictConfig, data: Data) -> None:
 
 
 def build_method(cfg: DictConfig) -> Method:
-    """Instantiate the method, reporting a bad method value as a ConfigError, not a Hydra trace."""
-    try:
-        return instantiate(cfg.method, _convert_="all")
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, ValueError):
-            raise ConfigError(str(cause)) from err
-        raise
+    """Instantiate the method; a bad method value fails here as a one-line ConfigError."""
+    return checked_partial(cfg.method, "method")()
 
 
 def _build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
-    try:
-        model = instantiate(cfg.model, _convert_="all")
-    except Exception as err:
-        raise ConfigError(f"cannot build model {cfg.model._target_}: {err}") from err
+    model = checked_partial(cfg.model, "model")()
     return model.to(device, memory_format=torch.channels_last if _channels_last(cfg) else torch.preserve_format)
+
+
+def checked_partial(node: DictConfig, key: str) -> partial:
+    """``node``'s ``_target_`` with its keyword arguments, not called yet, once the config's part is
+    checked: a target that does not exist, or keys its signature does not take, is a ConfigError
+    (one line). The caller calls it: a ConfigError the constructor raises is its own check of the
+    values; any other exception there is a bug and keeps its traceback, where Hydra's instantiate
+    would have turned it into a one-line InstantiationException."""
+    target = str(node._target_)
+    module_name, _, name = target.rpartition(".")
+    try:
+        found = bool(module_name) and hasattr(importlib.import_module(module_name), name)
+    except ModuleNotFoundError as err:
+        if not f"{module_name}.".startswith(f"{err.name}."):
+            raise  # the module exists but imports one that does not: not a typo in the config
+        found = False
+    if not found:
+        raise ConfigError(f"{key}._target_: there is no {target}")
+    factory = instantiate(node, _convert_="all", _partial_=True)
+    try:
+        inspect.signature(factory.func).bind(*factory.args, **factory.keywords)
+    except TypeError as err:
+        raise ConfigError(f"{key}: {target} does not take these keys: {err}") from None
+    return factory
 
 
 def _channels_last(cfg: DictConfig) -> bool:

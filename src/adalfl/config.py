@@ -3,20 +3,19 @@ wrong type fails at start-up with a message naming the key, before any data is l
 
 Groups with one shape (dataset, optimizer, logger) have their schema here. Methods differ in
 their keys, so each method module declares its own ``CONFIG_SCHEMA`` dataclass and
-``register_configs`` discovers it: a new method is one module plus one YAML file.
+``adalfl.configstore.register_configs`` discovers it: a new method is one module plus one YAML
+file. This module sits below everything else (every layer may raise a ConfigError), so it never
+imports the methods itself.
 Model configs are plain ``_target_`` nodes (their keyword arguments differ per architecture);
 Hydra's struct mode still rejects unknown keys, and a wrong type is reported when the model is built.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from adalfl.cpu_memory import CHOICES as CPU_MEMORY_CHOICES
@@ -151,23 +150,6 @@ class Config:
     # true: a job folder holding a finished job, or a job of another config, has it moved to
     # replaced/<time>/ and the job starts over (adalfl.train.folder); otherwise it changes nothing.
     restart: bool = False
-
-
-def register_configs() -> None:
-    """Register every schema; safe to call more than once."""
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
-    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
-    cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
-    cs.store(group="method", name="method_schema", node=MethodConfig)
-    import adalfl.methods as methods_pkg
-
-    for info in pkgutil.iter_modules(methods_pkg.__path__):
-        module = importlib.import_module(f"adalfl.methods.{info.name}")
-        schema = getattr(module, "CONFIG_SCHEMA", None)
-        if schema is not None:
-            cs.store(group="method", name=f"{info.name}_schema", node=schema)
 
 
 def model_name(cfg: DictConfig) -> str:

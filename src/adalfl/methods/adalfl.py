@@ -10,12 +10,11 @@ import torch
 from torch import nn
 
 from adalfl.config import MethodConfig
+from adalfl.core import JobContext, Method, Moment, Stats
 from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
-from adalfl.methods.base import Method, Moment, Stats
 from adalfl.methods.learned_loss import DeadLossConfig, DeadLossMonitor, LossNetConfig, LossWatcher
 from adalfl.methods.metalearning import OfflineMetaTraining, OnlineMetaConfig, OnlineMetaStep
-from adalfl.train.job import Job
 
 
 @dataclass
@@ -47,31 +46,31 @@ class AdaLFL(Method):
         dead.check()
         self.monitor = DeadLossMonitor(dead, f"Lower method.meta.online_lr ({self.meta_cfg.online_lr:g}) or optimizer.lr")
 
-    def setup(self, job: Job, model: nn.Module) -> None:
+    def setup(self, job: JobContext, model: nn.Module) -> None:
         self.loss = self.loss_cfg.build(job.task, job.device)
         if self.watcher.plot_every == 0:  # the loss changes all through training: watch it four times
-            self.watcher.plot_every = max(1, int(job.cfg.dataset.steps) // 4)
+            self.watcher.plot_every = max(1, job.steps // 4)
         self.online = OnlineMetaStep(self.engine, list(self.loss.parameters()), self.meta_cfg.online_lr)
         # The base optimiser is stepped through the engine, never through optimizer.step(), which
         # the schedule's first step() would otherwise warn about.
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
 
-    def offline(self, job: Job, model: nn.Module) -> None:
+    def offline(self, job: JobContext, model: nn.Module) -> None:
         assert self.loss is not None
         self.offline_run.run(
             job, self.engine, list(self.loss.parameters()), self.loss, self.meta_cfg.init_steps, self.meta_cfg.init_lr
         )
 
-    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> Stats:
+    def train_step(self, job: JobContext, model: nn.Module, optimizer: torch.optim.Optimizer) -> Stats:
         assert self.online is not None and self.loss is not None
         return self.online(job, model, optimizer, self.loss)
 
-    def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
+    def observe(self, job: JobContext, model: nn.Module, step: int, moment: Moment) -> None:
         assert self.loss is not None
         self.watcher.observe(job, self.loss, step, moment)
         self.monitor.note_health(step, self.watcher.health, frozen=False)  # the meta step may still revive it
 
-    def check(self, job: Job, step: int, record: dict) -> None:
+    def check(self, job: JobContext, step: int, record: dict) -> None:
         if "train/base_grad_norm" in record:
             self.monitor.note_gradient(step, record["train/base_grad_norm"])
 

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from adalfl.config import ConfigError
+from adalfl.core import JobContext, Moment
 from adalfl.losses import Task
 from adalfl.losses.learned import INITS, REDUCTIONS, OutputWiseLoss, PointwiseNetwork
-from adalfl.methods.base import FixedLossMethod, Moment
+from adalfl.methods.base import FixedLossMethod
 from adalfl.track.plots import learned_loss as plot_learned_loss
-from adalfl.train.job import Job
 from adalfl.utils import atomic_write_json
 
 
@@ -220,7 +220,7 @@ class LossWatcher:
         self.snapshots: list[dict] = []
         self.health: dict[str, float] = {}
 
-    def observe(self, job: Job, loss: OutputWiseLoss, step: int, moment: Moment) -> None:
+    def observe(self, job: JobContext, loss: OutputWiseLoss, step: int, moment: Moment) -> None:
         self.check_health(job, loss, step, moment)
         last = self.snapshots[-1]["step"] if self.snapshots else 0
         # Plots happen at evaluations: take the first one at or past each multiple of plot_every.
@@ -244,7 +244,7 @@ class LossWatcher:
             )
             job.tracker.image("plots/learned_loss_evolution", evolution, "train", step)
 
-    def check_health(self, job: Job, loss: OutputWiseLoss, step: int, moment: Moment) -> None:
+    def check_health(self, job: JobContext, loss: OutputWiseLoss, step: int, moment: Moment) -> None:
         """Log the loss's health (``loss/*`` in metrics.jsonl and W&B) at every evaluation; warn in the
         job's log at the start and the end when mistakes go unpunished."""
         self.health = loss_health(loss, job.task)
@@ -268,7 +268,7 @@ def build_loss(task: Task, pointwise: nn.Module, device: torch.device) -> Output
     return OutputWiseLoss(task, pointwise).to(device)
 
 
-def plot_offline_phase(job: Job, loss: OutputWiseLoss, before: dict, after: dict, name: str) -> None:
+def plot_offline_phase(job: JobContext, loss: OutputWiseLoss, before: dict, after: dict, name: str) -> None:
     """The loss before and after an offline search (``step`` = offline steps or generations), as
     ``learned_loss_offline.png`` and a W&B image: the one picture of what an offline method learned."""
     path = plot_learned_loss([before, after], job.task.classification, job.out_dir / "learned_loss_offline.png",
@@ -295,10 +295,10 @@ class OfflineLearnedLoss(FixedLossMethod):
         dead.check()
         self.monitor = DeadLossMonitor(dead, hint or "The offline search gave a loss that cannot train")
 
-    def build_loss(self, job: Job) -> OutputWiseLoss:
+    def build_loss(self, job: JobContext) -> OutputWiseLoss:
         raise NotImplementedError
 
-    def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
+    def search(self, job: JobContext, loss: OutputWiseLoss) -> tuple[str, int]:
         """Learn the loss in place, going on from ``load_search_state_dict``'s state if the job
         resumed in the middle. Returns a short description for the offline plot's title and the
         length of the search (offline steps or generations) to label the learned curve."""
@@ -311,10 +311,10 @@ class OfflineLearnedLoss(FixedLossMethod):
     def load_search_state_dict(self, state: dict | None) -> None:
         del state
 
-    def setup(self, job: Job, model: nn.Module) -> None:
+    def setup(self, job: JobContext, model: nn.Module) -> None:
         self.loss = self.build_loss(job)
 
-    def offline(self, job: Job, model: nn.Module) -> None:
+    def offline(self, job: JobContext, model: nn.Module) -> None:
         assert self.loss is not None
         if self.before is None:
             self.before = loss_curves(self.loss, job.task, 0)
@@ -327,7 +327,7 @@ class OfflineLearnedLoss(FixedLossMethod):
     def summary(self) -> dict:
         return {**self.watcher.summary(), **self.monitor.summary()}
 
-    def check(self, job: Job, step: int, record: dict) -> None:
+    def check(self, job: JobContext, step: int, record: dict) -> None:
         if "train/base_grad_norm" in record:
             self.monitor.note_gradient(step, record["train/base_grad_norm"])
 
@@ -335,11 +335,11 @@ class OfflineLearnedLoss(FixedLossMethod):
         assert self.loss is not None
         self.loss.requires_grad_(False)
 
-    def base_loss(self, job: Job, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def base_loss(self, job: JobContext, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         assert self.loss is not None
         return self.loss(output, target)
 
-    def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
+    def observe(self, job: JobContext, model: nn.Module, step: int, moment: Moment) -> None:
         assert self.loss is not None
         self.watcher.observe(job, self.loss, step, moment)
         self.monitor.note_health(step, self.watcher.health, frozen=True)

@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 from adalfl.config import ConfigError
+from adalfl.core import JobContext, Stats
 from adalfl.meta.engine import LossFn, MetaEngine, MetaStep
-from adalfl.methods.base import Stats
 from adalfl.models import reset_parameters
 from adalfl.track.progress import ProgressLog
-from adalfl.train.job import Job
 
 LrFn = Callable[[], torch.Tensor]
 
@@ -66,7 +65,7 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
 
 def meta_step(
     engine: MetaEngine,
-    job: Job,
+    job: JobContext,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: LossFn,
@@ -103,9 +102,9 @@ class OfflineMetaTraining:
 
     Its position (the meta step reached), Adam's state and the count of skipped steps belong to
     the method's checkpoint (``state_dict``); the loop writes that checkpoint every
-    ``checkpoint.every`` meta steps and at once on a stop signal (``Job.offline_boundary``). With the
-    RNG streams and batch samplers the checkpoint also restores, a preempted phase ends exactly as
-    an uninterrupted one.
+    ``checkpoint.every`` meta steps and at once on a stop signal (``JobContext.offline_boundary``).
+    With the RNG streams and batch samplers the checkpoint also restores, a preempted phase ends
+    exactly as an uninterrupted one.
     """
 
     def __init__(self) -> None:
@@ -116,7 +115,7 @@ class OfflineMetaTraining:
 
     def run(
         self,
-        job: Job,
+        job: JobContext,
         engine: MetaEngine,
         meta_params: Sequence[torch.Tensor],
         loss_fn: LossFn,
@@ -139,8 +138,8 @@ class OfflineMetaTraining:
             with torch.random.fork_rng(devices=[]):
                 scratch = job.build_model()
         scratch.train()
-        log_every = int(job.cfg.dataset.log_interval)
-        every = int(job.cfg.checkpoint.every)
+        log_every = job.log_interval
+        every = job.checkpoint_every
         progress = ProgressLog(job.log, job.title, "offline meta step", steps, start=self.step)
         for step in range(self.step + 1, steps + 1):
             reset_parameters(scratch)
@@ -176,7 +175,7 @@ class OfflineMetaTraining:
 
 
 def offline_meta_training(
-    job: Job,
+    job: JobContext,
     engine: MetaEngine,
     meta_params: Sequence[torch.Tensor],
     loss_fn: LossFn,
@@ -200,7 +199,7 @@ class OnlineMetaStep:
 
     def __call__(
         self,
-        job: Job,
+        job: JobContext,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         loss_fn: LossFn,

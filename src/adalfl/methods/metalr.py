@@ -24,11 +24,10 @@ import torch
 from torch import nn
 
 from adalfl.config import ConfigError, MethodConfig
+from adalfl.core import JobContext, Method, Moment, Stats
 from adalfl.meta import make_engine
-from adalfl.methods.base import Method, Moment, Stats
 from adalfl.methods.metalearning import OfflineMetaTraining, OnlineMetaConfig, OnlineMetaStep
 from adalfl.track.plots import meta_learning_rate
-from adalfl.train.job import Job
 
 
 @dataclass
@@ -62,8 +61,8 @@ class MetaLR(Method):
         assert self.log_lr is not None
         return self.log_lr.exp()
 
-    def setup(self, job: Job, model: nn.Module) -> None:
-        self.base_lr = float(job.cfg.optimizer.lr)
+    def setup(self, job: JobContext, model: nn.Module) -> None:
+        self.base_lr = job.base_lr
         start = self.initial_lr if self.initial_lr is not None else self.base_lr
         self.log_lr = torch.tensor(math.log(start), device=job.device, requires_grad=True)
         self.online = OnlineMetaStep(self.engine, [self.log_lr], self.meta_cfg.online_lr)
@@ -71,7 +70,7 @@ class MetaLR(Method):
         # the schedule's first step() would otherwise warn about.
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
 
-    def offline(self, job: Job, model: nn.Module) -> None:
+    def offline(self, job: JobContext, model: nn.Module) -> None:
         assert self.log_lr is not None
         if self.offline_run.step == 0:  # not when resuming the phase: the start is the start
             torch.save({"log_lr": self.log_lr.detach().cpu()}, job.out_dir / "meta_lr_start.pt")
@@ -81,7 +80,7 @@ class MetaLR(Method):
         )
         job.log.info("[%s] meta-learned lr after the offline phase: %.4g", job.title, float(self.lr.detach()))
 
-    def train_step(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> Stats:
+    def train_step(self, job: JobContext, model: nn.Module, optimizer: torch.optim.Optimizer) -> Stats:
         assert self.online is not None
         factor = float(optimizer.param_groups[0]["lr"]) / self.base_lr
         step_lr = (self.lr * factor).detach()  # the rate this base step uses (before the meta update)
@@ -89,7 +88,7 @@ class MetaLR(Method):
         stats["train/meta_lr"] = step_lr
         return stats
 
-    def observe(self, job: Job, model: nn.Module, step: int, moment: Moment) -> None:
+    def observe(self, job: JobContext, model: nn.Module, step: int, moment: Moment) -> None:
         if moment == "start":
             return
         offline = job.tracker.series("offline", "offline/meta_lr")

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from adalfl.config import MethodConfig
+from adalfl.core import JobContext
 from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
 from adalfl.methods.learned_loss import DeadLossConfig, LossNetConfig, OfflineLearnedLoss
 from adalfl.methods.metalearning import OfflineMetaConfig, OfflineMetaTraining
-from adalfl.train.job import Job
 
 
 def _ml3_network() -> LossNetConfig:
@@ -44,10 +44,10 @@ class ML3(OfflineLearnedLoss):
         self.engine = make_engine(self.meta_cfg.backend)
         self.offline_run = OfflineMetaTraining()
 
-    def build_loss(self, job: Job) -> OutputWiseLoss:
+    def build_loss(self, job: JobContext) -> OutputWiseLoss:
         return self.loss_cfg.build(job.task, job.device)
 
-    def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
+    def search(self, job: JobContext, loss: OutputWiseLoss) -> tuple[str, int]:
         steps = self.meta_cfg.init_steps
         self.offline_run.run(job, self.engine, list(loss.parameters()), loss, steps, self.meta_cfg.init_lr)
         return f"ML3 loss before / after {steps} offline meta steps", steps

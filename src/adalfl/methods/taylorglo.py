@@ -23,16 +23,15 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from adalfl import preemption
 from adalfl.config import ConfigError, MethodConfig
+from adalfl.core import JobContext, evaluate
 from adalfl.data import BatchSampler
 from adalfl.losses.learned import OutputWiseLoss, TaylorPolynomial
 from adalfl.meta import make_engine
 from adalfl.methods.learned_loss import DeadLossConfig, OfflineLearnedLoss, build_loss
 from adalfl.methods.metalearning import OfflineMetaConfig, OfflineMetaTraining
-from adalfl.train import preemption
 from adalfl.track.progress import ProgressLog
-from adalfl.train.evaluate import evaluate
-from adalfl.train.job import Job
 
 # Fitness of a candidate whose partial training diverged (CMA-ES minimises; it only uses ranks,
 # so any value above every finite fitness ranks the candidate last).
@@ -187,10 +186,10 @@ class PartialTraining:
     theta_0, with the same batch order and the same random draws (augmentation, dropout) for every
     candidate. The job's own samplers, model and RNG streams are left untouched."""
 
-    def __init__(self, job: Job, steps: int) -> None:
+    def __init__(self, job: JobContext, steps: int) -> None:
         self.job = job
         self.steps = steps
-        self.seed = int(job.cfg.seed) + 2_000_003
+        self.seed = job.seed + 2_000_003
         # The search's fixed theta_0: drawn from its own seed (not the job's model, and the same
         # whenever it is drawn), without moving the global RNG stream.
         with torch.random.fork_rng(devices=self._devices()):
@@ -206,7 +205,7 @@ class PartialTraining:
         model.load_state_dict(self.theta0)
         model.train()
         optimizer, _ = job.build_optimizer(list(model.parameters()))  # fresh: no momentum yet
-        sampler = BatchSampler(job.data.train, int(job.cfg.dataset.batch_size), seed=self.seed)
+        sampler = BatchSampler(job.data.train, job.batch_size, seed=self.seed)
         with torch.random.fork_rng(devices=self._devices()):
             torch.manual_seed(self.seed)
             for _ in range(self.steps):
@@ -219,7 +218,7 @@ class PartialTraining:
         # A diverged run can still give a finite error rate (argmax of NaN), so check theta itself.
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             return math.nan
-        metrics = evaluate(model, job.data.val, job.data, job.task, int(job.cfg.dataset.eval_batch_size))
+        metrics = evaluate(model, job.data.val, job.data, job.task, job.eval_batch_size)
         return metrics[job.task.metric_name]
 
 
@@ -244,11 +243,11 @@ class TaylorGLO(OfflineLearnedLoss):
         self.cmaes: CMAESSearch | None = None  # search=cmaes, built from the loss's start in search()
         self._cmaes_state: dict | None = None  # restored, waiting for search() to build the search
 
-    def build_loss(self, job: Job) -> OutputWiseLoss:
+    def build_loss(self, job: JobContext) -> OutputWiseLoss:
         theta = TaylorPolynomial.squared_error() if self.init == "squared_error" else None
         return build_loss(job.task, TaylorPolynomial(theta), job.device)
 
-    def search(self, job: Job, loss: OutputWiseLoss) -> tuple[str, int]:
+    def search(self, job: JobContext, loss: OutputWiseLoss) -> tuple[str, int]:
         theta = loss.pointwise.theta
         if self.search_name == "gradient":
             steps = self.meta_cfg.init_steps
@@ -279,7 +278,7 @@ class TaylorGLO(OfflineLearnedLoss):
             progress.update(gen.index, best_fitness=gen.best, mean_fitness=gen.mean, best_so_far=gen.best_so_far)
 
         x0 = theta.detach().cpu().double().numpy().copy()
-        self.cmaes = CMAESSearch(x0, c.sigma, c.population, c.generations, int(job.cfg.seed))
+        self.cmaes = CMAESSearch(x0, c.sigma, c.population, c.generations, job.seed)
         if self._cmaes_state is not None:  # resumed in the middle of the search
             self.cmaes.load_state_dict(self._cmaes_state)
             self._cmaes_state = None

@@ -13,11 +13,13 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from adalfl.config import ConfigError
+
 
 def image_shape(input_shape: Sequence[int], model: str) -> tuple[int, int, int]:
     """(channels, height, width) of a dataset's input_shape; a clear error for tabular shapes."""
     if len(input_shape) != 3:
-        raise ValueError(f"{model} needs image inputs (C, H, W), the dataset's input_shape is {list(input_shape)}")
+        raise ConfigError(f"{model} needs image inputs (C, H, W), the dataset's input_shape is {list(input_shape)}")
     c, h, w = (int(v) for v in input_shape)
     return c, h, w
 

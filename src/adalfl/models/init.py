@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from adalfl.config import ConfigError
+
 _CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -90,5 +92,5 @@ def apply_init(model: nn.Module) -> None:
     """The model's own ``init_scheme`` over whatever its layers hold now."""
     scheme = getattr(model, "init_scheme", "default")
     if scheme not in SCHEMES:
-        raise ValueError(f"{type(model).__name__}.init_scheme {scheme!r} is not one of {sorted(SCHEMES)}")
+        raise ConfigError(f"{type(model).__name__}.init_scheme {scheme!r} is not one of {sorted(SCHEMES)}")
     SCHEMES[scheme](model)

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from adalfl.config import ConfigError
 from adalfl.models.common import features_out, image_shape
 from adalfl.models.init import apply_init
 
@@ -81,7 +82,7 @@ class SmallCNN(nn.Module):
     ) -> None:
         super().__init__()
         if len(widths) != 3:
-            raise ValueError(f"SmallCNN has three conv layers, got widths {list(widths)}")
+            raise ConfigError(f"SmallCNN has three conv layers, got widths {list(widths)}")
         c, _, _ = image_shape(input_shape, "SmallCNN")
         layers: list[nn.Module] = []
         for i, width in enumerate(widths):

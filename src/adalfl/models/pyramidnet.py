@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adalfl.config import ConfigError
 from adalfl.models.common import ResidualTrunk, image_shape
 from adalfl.models.init import apply_init
 
@@ -55,7 +56,7 @@ class PyramidNet(ResidualTrunk):
     ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"PyramidNet depth must be 6n + 2 (110, 164, ...), got {depth}")
+            raise ConfigError(f"PyramidNet depth must be 6n + 2 (110, 164, ...), got {depth}")
         n = (depth - 2) // 6
         c, _, _ = image_shape(input_shape, "PyramidNet")
         self.stem = nn.Sequential(nn.Conv2d(c, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from adalfl.config import ConfigError
 from adalfl.models.common import ResidualTrunk, image_shape
 from adalfl.models.init import apply_init, reset_parameters
 
@@ -84,7 +85,7 @@ class PreResNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(blocks) != 4 or min(blocks) < 1:
-            raise ValueError(f"PreResNet has four stages of at least one block, got blocks {list(blocks)}")
+            raise ConfigError(f"PreResNet has four stages of at least one block, got blocks {list(blocks)}")
         c, _, _ = image_shape(input_shape, "PreResNet")
         self.stem = nn.Conv2d(c, 64, 3, 1, 1, bias=False)
         layers: list[nn.Module] = []
@@ -113,7 +114,7 @@ class CifarPreResNet(ResidualTrunk):
     ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"PreResNet depth must be 6n + 2 (20, 32, 56, 110, ...), got {depth}")
+            raise ConfigError(f"PreResNet depth must be 6n + 2 (20, 32, 56, 110, ...), got {depth}")
         n = (depth - 2) // 6
         c, _, _ = image_shape(input_shape, "CifarPreResNet")
         widths = [16 * width, 32 * width, 64 * width]

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from adalfl.config import ConfigError
 from adalfl.models.init import apply_init
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "elu": nn.ELU}
@@ -46,12 +47,12 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+            raise ConfigError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         layers: list[nn.Module] = []
         size = _flat_size(input_shape)
         for width in widths:
             if int(width) <= 0:
-                raise ValueError(f"model.widths must be positive, got {list(widths)}")
+                raise ConfigError(f"model.widths must be positive, got {list(widths)}")
             layers.append(nn.Linear(size, int(width)))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(int(width)))

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from adalfl.config import ConfigError
 from adalfl.models.common import conv_bn_relu, features_out, image_shape
 from adalfl.models.init import apply_init
 
@@ -33,7 +34,7 @@ class VGG16(nn.Module):
         super().__init__()
         c, h, w = image_shape(input_shape, "VGG16")
         if min(h, w) < 32:
-            raise ValueError(f"VGG16 pools five times and needs inputs of at least 32x32, got input_shape {list(input_shape)}")
+            raise ConfigError(f"VGG16 pools five times and needs inputs of at least 32x32, got input_shape {list(input_shape)}")
         layers: list[nn.Module] = []
         for item in VGG16_LAYERS:
             if item == "M":

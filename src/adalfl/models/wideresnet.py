@@ -15,6 +15,7 @@ from typing import Sequence
 
 from torch import nn
 
+from adalfl.config import ConfigError
 from adalfl.models.common import ResidualTrunk, image_shape
 from adalfl.models.init import apply_init
 from adalfl.models.resnet import PreActBlock
@@ -29,7 +30,7 @@ class WideResNet(ResidualTrunk):
     ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
-            raise ValueError(f"WideResNet depth must be 6n + 4 (10, 16, 22, 28, 40, ...), got {depth}")
+            raise ConfigError(f"WideResNet depth must be 6n + 4 (10, 16, 22, 28, 40, ...), got {depth}")
         n = (depth - 4) // 6
         c, _, _ = image_shape(input_shape, "WideResNet")
         self.stem = nn.Conv2d(c, 16, 3, 1, 1, bias=False)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from adalfl.track.plots import learned_loss as plot_learned_loss
 from adalfl.track.plots import plt
 
-if TYPE_CHECKING:
-    from adalfl.sweep.report import Job
+
+class SweepJob(Protocol):
+    """What the figures read of a job (adalfl.sweep.report.Job). Described here, not imported:
+    the report imports this module, and the two must not import each other."""
+
+    folder: Path
+    result: dict
+    column: str
 
 
 def _test_series(folder: Path, metric: str) -> dict[int, float]:
@@ -26,7 +32,7 @@ def _test_series(folder: Path, metric: str) -> dict[int, float]:
     return series
 
 
-def test_curves_figure(jobs: list["Job"], methods: list[str], path: Path, title: str | None = None) -> Path:
+def test_curves_figure(jobs: list[SweepJob], methods: list[str], path: Path, title: str | None = None) -> Path:
     """Test metric against step per method (a report column: a method, or a method with its own
     settings): mean over seeds with a ± std band."""
     metric = jobs[0].result.metric_name

@@ -23,14 +23,30 @@ import math
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 from adalfl.track.wandb_logger import has_credentials, run_id
 
-if TYPE_CHECKING:
-    from adalfl.sweep.report import Report, Table
-
 log = logging.getLogger(__name__)
+
+
+# What publish reads of adalfl.sweep.report's Report and Table. Described here, not imported: the
+# sweep package sits above track (scripts/check_imports.py).
+class SweepReport(Protocol):
+    sweep: Path
+    title: str
+    methods: list[str]  # column labels
+    cells: Mapping[Any, Mapping[str, Any]]  # row -> column -> cell, whose ``values`` are its finished seeds
+    failed: Sequence[Any]
+    unfinished: Sequence[Any]
+    missing: Sequence[Any]
+
+
+class ReportTable(Protocol):
+    key: str
+    columns: list[str]
+    rows: list[list[str]]
+
 
 RUN_ID_FILE = ".wandb_report_run_id"
 LOCK_FILE = ".wandb_report.lock"
@@ -63,7 +79,7 @@ def enabled(logger: Mapping[str, Any]) -> bool:
     return logger.get("name") == "wandb" and logger.get("mode", "disabled") != "disabled"
 
 
-def publish(report: "Report", tables: list["Table"], csv_body: str, figures: list[Path],
+def publish(report: SweepReport, tables: list[ReportTable], csv_body: str, figures: list[Path],
             logger: Mapping[str, Any]) -> None:
     """Send the report's tables, results.csv and the figures written by this rebuild to the sweep's
     W&B run. Never raises: the report on disk is what matters."""
@@ -82,7 +98,7 @@ def publish(report: "Report", tables: list["Table"], csv_body: str, figures: lis
                     type(err).__name__, err)
 
 
-def _log_run(report: "Report", tables: list["Table"], csv_body: str, figures: list[Path],
+def _log_run(report: SweepReport, tables: list[ReportTable], csv_body: str, figures: list[Path],
              logger: Mapping[str, Any], mode: str) -> None:
     import wandb
 

@@ -11,13 +11,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from adalfl.methods.base import Method
+from adalfl import preemption
+from adalfl.core import JobContext, Method, evaluate
 from adalfl.track.progress import ProgressLog
-from adalfl.train import preemption
 from adalfl.train.checkpoint import Checkpointer, rng_state, set_rng_state
-from adalfl.train.evaluate import evaluate
-from adalfl.train.folder import ConfigMismatch, config_identity, differences, mismatch_message
-from adalfl.train.job import Job
+from adalfl.train.folder import ConfigMismatch, differences, mismatch_message
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,20 +37,19 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def fit(job: Job, model: nn.Module, method: Method) -> Progress:
+def fit(job: JobContext, model: nn.Module, method: Method) -> Progress:
     """Run the method's offline phase (once) and the base training budget, resuming from the job
     folder's checkpoint when there is one. Returns the final progress record.
 
     Checkpoints are written every ``checkpoint.every`` base steps, by the offline phases at their
-    own boundaries (``Job.offline_boundary``), and on a stop signal; each records the config's
+    own boundaries (``JobContext.offline_boundary``), and on a stop signal; each records the config's
     identity, and one of another config is refused rather than resumed."""
-    cfg = job.cfg
-    total = int(cfg.dataset.steps)
+    total = job.steps
     optimizer, scheduler = job.build_optimizer(list(model.parameters()))
     method.setup(job, model)
     checkpointer = Checkpointer(job.out_dir)
     progress = Progress()
-    identity = config_identity(cfg)
+    identity = job.identity
 
     def save() -> None:
         checkpointer.save(
@@ -71,7 +68,7 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
             }
         )
 
-    state = checkpointer.load() if cfg.checkpoint.resume else None
+    state = checkpointer.load() if job.resume else None
     if state is not None:
         diffs = differences(state["config_identity"], identity) if "config_identity" in state else []
         if diffs:  # adalfl.app refuses these first; this guards every other caller
@@ -96,7 +93,7 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
             job.log.info("no usable checkpoint in %s: starting from scratch", job.out_dir)
         job.tracker.reset()
 
-    ckpt_every = int(cfg.checkpoint.every)
+    ckpt_every = job.checkpoint_every
     job.save_checkpoint = save if ckpt_every > 0 else None
     if not progress.offline_done:
         with job.timer.phase("offline"):
@@ -107,12 +104,12 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
     if progress.step == 0:
         method.observe(job, model, 0, "start")
 
-    log_every, eval_every = int(cfg.dataset.log_interval), int(cfg.dataset.eval_interval)
+    log_every, eval_every = job.log_interval, job.eval_interval
     bar = tqdm(
         total=total,
         initial=progress.step,
         desc=job.title,
-        disable=not (cfg.progress and sys.stderr.isatty()),
+        disable=not (job.progress_bar and sys.stderr.isatty()),
         dynamic_ncols=True,
         leave=False,
     )
@@ -156,8 +153,8 @@ def fit(job: Job, model: nn.Module, method: Method) -> Progress:
     return progress
 
 
-def _evaluate(job: Job, model: nn.Module, progress: Progress) -> dict[str, float]:
-    task, data, size = job.task, job.data, int(job.cfg.dataset.eval_batch_size)
+def _evaluate(job: JobContext, model: nn.Module, progress: Progress) -> dict[str, float]:
+    task, data, size = job.task, job.data, job.eval_batch_size
     metric = task.metric_name
     with job.timer.phase("eval"):
         val = evaluate(model, data.val, data, task, size)
@@ -167,7 +164,7 @@ def _evaluate(job: Job, model: nn.Module, progress: Progress) -> dict[str, float
         progress.best_val, progress.best_step, progress.test_at_best_val = val[metric], progress.step, test[metric]
     job.log.info(
         "[%s] step %d/%d  val %s %.4f  test %s %.4f",
-        job.title, progress.step, job.cfg.dataset.steps, metric, val[metric], metric, test[metric],
+        job.title, progress.step, job.steps, metric, val[metric], metric, test[metric],
     )
     return {
         f"val/{metric}": val[metric],

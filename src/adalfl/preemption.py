@@ -8,7 +8,7 @@ training loop saves a checkpoint at the end of the current step and then lets th
 handler run (submitit requeues; SIGTERM terminates). The requeued job resumes in the same folder
 with nothing lost.
 
-Offline phases have boundaries of their own (``Job.offline_boundary``: after each meta step, after
+Offline phases have boundaries of their own (``JobContext.offline_boundary``: after each meta step, after
 each CMA-ES candidate, and inside a candidate's partial training through ``StopRequested``), so a
 job checkpoints within seconds of the signal in any phase. Should no boundary come within
 ``grace_s`` seconds, the original handler runs anyway, as if this module were absent.
