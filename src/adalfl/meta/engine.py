@@ -223,7 +223,7 @@ class HigherEngine(MetaEngine):
         output = fmodel(x, params=params)
         base_loss = loss_fn(output, y)
         base_grads: list[torch.Tensor] = []
-        new_params = diffopt.step(base_loss, params=params, grad_callback=lambda g: base_grads.extend(g) or g)
+        new_params = diffopt.step(base_loss, params=params, grad_callback=lambda g: base_grads.extend(g) or g)  # type: ignore[func-returns-value]
         # higher's patched model works on copies of the buffers: hand the base step's BatchNorm
         # update to the model; the meta forward below only moves the (discarded) copies.
         with torch.no_grad():
