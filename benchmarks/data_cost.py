@@ -33,7 +33,7 @@ from adalfl.models.lenet import LeNet5
 from adalfl.utils import resolve_device
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import settings_from_argv, sync  # noqa: E402
+from common import settings_from_argv, sync
 
 # threads: torch CPU threads (0 = torch's default).
 SETTINGS = {"device": "auto", "threads": 0, "steps": 100, "repeats": 7, "batch_size": 128, "n_train": 54000}

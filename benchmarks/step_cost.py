@@ -54,7 +54,7 @@ from adalfl.track.metrics import Tracker
 from adalfl.utils import resolve_device
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, settings_from_argv, sync  # noqa: E402
+from common import machine, settings_from_argv, sync
 
 SETTINGS = {
     "device": "auto",
@@ -90,7 +90,7 @@ MODELS = {
 
 
 def build(name: str, method: str, backend: str, device: torch.device, batch_size: int,
-          channels_last: bool = False):  # noqa: ANN201
+          channels_last: bool = False):
     """The model, its optimiser and the method's real train_step. The job's splits hold one batch
     of random data each: every step draws it whole (reshuffled), as a job draws its batches."""
     torch.manual_seed(0)
@@ -120,12 +120,12 @@ def build(name: str, method: str, backend: str, device: torch.device, batch_size
     return lambda: impl.train_step(job, model, optimizer)
 
 
-def _sgd(settings: dict, params: list[torch.nn.Parameter]):  # noqa: ANN202
+def _sgd(settings: dict, params: list[torch.nn.Parameter]):
     optimizer = torch.optim.SGD(params, **settings)
     return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[])  # a job's, without milestones
 
 
-def timed(step, device: torch.device) -> float:  # noqa: ANN001
+def timed(step, device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
     step()

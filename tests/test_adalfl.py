@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adalfl.app import build_job, run
-from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork, SmoothLeakyReLU
+from adalfl.losses.learned import SmoothLeakyReLU
 from adalfl.methods.learned_loss import LossNetConfig
 from adalfl.methods.adalfl import AdaLFL
 from adalfl.methods.base import FixedLossMethod
@@ -57,11 +57,11 @@ class FrozenLoss(FixedLossMethod):
         super().__init__("frozen")
         self.state = state
 
-    def setup(self, job, model) -> None:  # noqa: ANN001
+    def setup(self, job, model) -> None:
         self.loss = LossNetConfig().build(job.task, job.device)  # the schema's defaults: conf/method/adalfl.yaml's
         self.loss.load_state_dict(self.state)
 
-    def base_loss(self, job, output, target):  # noqa: ANN001, ANN201
+    def base_loss(self, job, output, target):
         return self.loss(output, target)
 
 
@@ -124,7 +124,7 @@ def test_adalfl_resumes_to_the_same_metrics(tmp_path: Path) -> None:
     run(tiny(*args), out_dir=tmp_path / "straight")
     original, calls = AdaLFL.train_step, {"n": 0}
 
-    def dies_at_step_25(self, job, model, optimizer):  # noqa: ANN001, ANN202
+    def dies_at_step_25(self, job, model, optimizer):
         calls["n"] += 1
         if calls["n"] == 25:
             raise RuntimeError("killed")

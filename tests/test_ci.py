@@ -1,4 +1,5 @@
-"""The fork CI's workflow: it passes actionlint, and it runs what .ci/run runs (plus the smoke sweep)."""
+"""The fork CI's workflow: it passes actionlint, and it runs what .ci/run runs (plus the smoke sweep);
+both lint the code with what pyproject.toml configures."""
 
 from __future__ import annotations
 
@@ -58,14 +59,21 @@ def test_workflow_runs_the_commands_of_ci_run_and_the_smoke_sweep() -> None:
     (job,) = workflow["jobs"].values()
     run_steps = _commands([line for step in job["steps"] if "run" in step for line in step["run"].splitlines()])
     ci_run = _commands((REPO / ".ci" / "run").read_text().splitlines()[1:])  # [1:]: the shebang
-    assert ci_run == ["make test", "scripts/slurm_local.sh", ".venv/bin/python -m pytest -m slurm",
+    lint = [".venv/bin/ruff check", ".venv/bin/mypy"]  # the workflow runs them in `make lint`
+    assert ci_run == ["make install", *lint, "make test", "scripts/slurm_local.sh", ".venv/bin/python -m pytest -m slurm",
                       "scripts/fetch_fashion_mnist.sh", ".venv/bin/python scripts/real_data_check.py --require-fashion"]
-    assert [command for command in run_steps if command in ci_run] == ci_run  # all of them, in the same order
+    others = [command for command in ci_run if command not in lint]
+    assert [command for command in run_steps if command in others] == others  # all of them, in the same order
+    assert run_steps.index("make lint") < run_steps.index("make test")
     # the fork's CI also lints itself (actionlint needs GitHub to install) and runs the smoke sweep
     assert "make lint" in run_steps and "make smoke" in run_steps and "make install" in run_steps
     assert {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}.items() <= workflow["env"].items()
     (cache,) = [step for step in job["steps"] if step.get("uses", "").startswith("actions/cache@")]
     assert cache["with"]["path"] == ".venv" and "hashFiles('setup.cfg'" in cache["with"]["key"]
     makefile = (REPO / "Makefile").read_text()
+    lint_python = makefile.split("\nlint-python:", 1)[1].split("\n\n", 1)[0]
+    assert "lint: lint-python lint-workflow" in makefile
+    assert [line.strip().replace("$(BIN)", ".venv/bin") for line in lint_python.splitlines()[1:]] == [
+        ".venv/bin/ruff check", ".venv/bin/ruff format --check", ".venv/bin/mypy"]
     assert '$(BIN)/python -m pytest -m "not slow and not slurm"' in makefile  # make test: the README's command
     assert 'pytest -m "not slow and not slurm"' in (REPO / "README.md").read_text()

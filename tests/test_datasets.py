@@ -429,8 +429,8 @@ def test_random_crop_cuts_a_window_of_the_padded_image(flip: bool) -> None:
     offsets, mirrors = set(), 0
     for i in range(len(x)):
         found = [
-            (t, l, m) for t in range(5) for l in range(5) for m in (False, True)
-            if torch.equal(out[i].flip(2) if m else out[i], padded[i, :, t : t + 8, l : l + 8])
+            (t, left, m) for t in range(5) for left in range(5) for m in (False, True)
+            if torch.equal(out[i].flip(2) if m else out[i], padded[i, :, t : t + 8, left : left + 8])
         ]
         assert found, f"image {i} is not a (mirrored) window of its padded input"
         offsets.add(found[0][:2])

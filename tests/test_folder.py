@@ -25,7 +25,7 @@ from conftest import REPO, run_main, tiny
 FAST = ("model.widths=[32,32]", "threads=1", "dataset.steps=30", "dataset.eval_interval=10", "checkpoint.every=10")
 
 
-def job(*overrides: str):  # noqa: ANN201
+def job(*overrides: str):
     return tiny(*FAST, *overrides)
 
 
@@ -37,7 +37,7 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     calls = {"n": 0}
     original = FixedLossMethod.train_step
 
-    def train_step(self, job, model, optimizer):  # noqa: ANN001, ANN202
+    def train_step(self, job, model, optimizer):
         calls["n"] += 1
         if calls["n"] == step:
             raise RuntimeError("crash")

@@ -17,7 +17,7 @@ REGRESSION = Task("regression", 1)
 class _Pointwise(nn.Module):
     """l(prediction, target) given as a Python function of the two columns."""
 
-    def __init__(self, fn) -> None:  # noqa: ANN001
+    def __init__(self, fn) -> None:
         super().__init__()
         self.fn = fn
         self.dummy = nn.Parameter(torch.zeros(()))  # the health check finds the device through it
@@ -26,7 +26,7 @@ class _Pointwise(nn.Module):
         return self.fn(pairs[..., 0], pairs[..., 1])
 
 
-def _health(task: Task, fn) -> dict[str, float]:  # noqa: ANN001
+def _health(task: Task, fn) -> dict[str, float]:
     return loss_health(OutputWiseLoss(task, _Pointwise(fn)), task)
 
 

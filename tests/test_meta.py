@@ -44,7 +44,7 @@ def _setup(batch_norm: bool = False, dtype: torch.dtype = torch.float64, seed: i
     return model, loss, optimizer, (x, y), (xv, yv)
 
 
-def _val_loss_after_real_sgd_step(model, optimizer, loss_fn, train, val, lr=None) -> float:  # noqa: ANN001
+def _val_loss_after_real_sgd_step(model, optimizer, loss_fn, train, val, lr=None) -> float:
     """L_T at theta_{t+1}, where theta_{t+1} comes from torch.optim.SGD itself on copies."""
     model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), **SGD_KW)

@@ -29,7 +29,7 @@ def _records(job_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _job(tmp_path: Path, *overrides: str):  # noqa: ANN202
+def _job(tmp_path: Path, *overrides: str):
     cfg = tiny("checkpoint.every=0", *overrides)
     job, model = build_job(cfg, tmp_path, torch.device("cpu"), Tracker(tmp_path))
     return job, model
@@ -81,7 +81,7 @@ def test_methods_resume_to_the_same_metrics(method: str, tmp_path: Path) -> None
     cls = {"ml3": ML3, "taylorglo": TaylorGLO, "metalr": MetaLR}[method]
     original, calls = cls.train_step, {"n": 0}
 
-    def dies_at_step_25(self, job, model, optimizer):  # noqa: ANN001, ANN202
+    def dies_at_step_25(self, job, model, optimizer):
         calls["n"] += 1
         if calls["n"] == 25:
             raise RuntimeError("killed")
@@ -119,7 +119,7 @@ def test_invalid_values_are_refused(job_dir: Path) -> None:
 
 # --- ML3 -------------------------------------------------------------------------------------
 
-def _val_loss_after_one_step(job, loss, seeds: range) -> float:  # noqa: ANN001
+def _val_loss_after_one_step(job, loss, seeds: range) -> float:
     """Algorithm 1's objective, measured exactly: L_T on the whole validation split after one SGD
     step on the whole training split, averaged over fresh initialisations."""
     total = 0.0

@@ -24,7 +24,7 @@ FAST = ("model.widths=[32,32]", "threads=1", "dataset.steps=20")
 def no_data(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loading data means the value was not checked before compute."""
 
-    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def refuse(*args, **kwargs):
         raise AssertionError("data loaded before the config was checked")
 
     monkeypatch.setattr(app, "load_data", refuse)
@@ -71,7 +71,7 @@ def test_wandb_start_up_waits_only_the_configured_time(job_dir: Path, monkeypatc
 
     settings = []
 
-    def fake_init(**kwargs):  # noqa: ANN003, ANN202
+    def fake_init(**kwargs):
         settings.append(kwargs["settings"])
         raise TimeoutError("no answer")  # what a rejected key or an unreachable server ends in
 

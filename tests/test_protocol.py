@@ -6,7 +6,6 @@ docs/protocol.md fails here."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir

@@ -29,7 +29,7 @@ JOB = ["dataset=digits", "method=ce", "logger=none", "progress=false", "threads=
 
 
 @pytest.fixture(autouse=True)
-def _restore_torch_threads():  # noqa: ANN202 - `threads=1` must not outlive these tests
+def _restore_torch_threads():
     import torch
 
     before = torch.get_num_threads()
@@ -53,7 +53,7 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     calls = {"n": 0}
     original = FixedLossMethod.train_step
 
-    def train_step(self, job, model, optimizer):  # noqa: ANN001, ANN202
+    def train_step(self, job, model, optimizer):
         calls["n"] += 1
         if calls["n"] == step:
             raise Crash(f"crash in step {step}")
@@ -140,7 +140,7 @@ def test_stop_signal_checkpoints_at_the_current_step(reference: Path, tmp_path: 
     SIGTERM with no handler ends the job (through SystemExit, so result.json says so)."""
     handled: list[int] = []
 
-    def scheduler_handler(sig, frame):  # noqa: ANN001, ANN202 - what submitit's handler does
+    def scheduler_handler(sig, frame):
         handled.append(sig)
         raise SystemExit(-1)
 
@@ -151,7 +151,7 @@ def test_stop_signal_checkpoints_at_the_current_step(reference: Path, tmp_path: 
         calls = {"n": 0}
         original = FixedLossMethod.train_step
 
-        def train_step(self, job, model, optimizer):  # noqa: ANN001, ANN202
+        def train_step(self, job, model, optimizer):
             calls["n"] += 1
             if calls["n"] == 137:
                 os.kill(os.getpid(), signum)
@@ -253,7 +253,7 @@ def offline_references(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     return out
 
 
-def interrupt_offline_at(patch: pytest.MonkeyPatch, name: str, unit: int, action) -> None:  # noqa: ANN001
+def interrupt_offline_at(patch: pytest.MonkeyPatch, name: str, unit: int, action) -> None:
     """Run ``action`` at the start of the ``unit``-th unit of offline work: a meta step, or (CMA-ES)
     a candidate's partial training, counting x0 as the first."""
     from adalfl.methods import metalearning, taylorglo
@@ -262,7 +262,7 @@ def interrupt_offline_at(patch: pytest.MonkeyPatch, name: str, unit: int, action
     if name == "taylorglo-cmaes":
         original_call = taylorglo.PartialTraining.__call__
 
-        def candidate(self, loss):  # noqa: ANN001, ANN202
+        def candidate(self, loss):
             calls["n"] += 1
             if calls["n"] == unit:
                 action()
@@ -272,7 +272,7 @@ def interrupt_offline_at(patch: pytest.MonkeyPatch, name: str, unit: int, action
         return
     original_step = metalearning.meta_step
 
-    def step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def step(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == unit:
             action()

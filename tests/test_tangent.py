@@ -252,7 +252,7 @@ ZOO_PARAMS = [pytest.param(m, d, o, id="-".join([m, d, *o]), marks=() if m in CH
 SGD_KW = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
-def _zoo_setup(model: str, dataset: str, overrides: tuple[str, ...]):  # noqa: ANN202
+def _zoo_setup(model: str, dataset: str, overrides: tuple[str, ...]):
     cfg = compose_config(f"model={model}", f"dataset={dataset}", "logger=none", *overrides)
     torch.manual_seed(0)
     net = _build_model(cfg, TEST_DEVICE).to(F64).train()
@@ -269,7 +269,7 @@ def _zoo_setup(model: str, dataset: str, overrides: tuple[str, ...]):  # noqa: A
     return net, loss, task, batch(), batch()
 
 
-def _meta_step(backend: str, net: nn.Module, loss: nn.Module, task: Task, train, val):  # noqa: ANN001, ANN202
+def _meta_step(backend: str, net: nn.Module, loss: nn.Module, task: Task, train, val):
     optimizer = torch.optim.SGD(net.parameters(), **SGD_KW)
     torch.manual_seed(5)  # the dropout masks (All-CNN-C)
     return make_engine(backend).step(net, optimizer, loss, list(loss.parameters()), train, val, task.loss)

@@ -30,7 +30,7 @@ class FakeRun:
         self.logged = log if log is not None else []
         self.finished = finished if finished is not None else []
 
-    def define_metric(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    def define_metric(self, *args, **kwargs):
         pass
 
     def log(self, values: dict) -> None:
@@ -91,7 +91,7 @@ def test_offline_logger_sends_the_same_scalars(job_dir: Path, monkeypatch: pytes
     inits: list[dict] = []
     finished: list[int] = []
 
-    def fake_init(**kwargs):  # noqa: ANN003, ANN202
+    def fake_init(**kwargs):
         inits.append(kwargs)
         return FakeRun(logged, finished)
 
@@ -130,7 +130,7 @@ def test_online_without_credentials_warns_and_finishes(job_dir: Path, monkeypatc
 def test_wandb_crash_does_not_cost_the_run(job_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import wandb
 
-    def broken_init(**kwargs):  # noqa: ANN003, ANN202
+    def broken_init(**kwargs):
         raise RuntimeError("service unavailable")
 
     monkeypatch.setattr(wandb, "init", broken_init)
@@ -162,7 +162,7 @@ def wandb_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "sweep"
 
 
-def _csv_cell(column: str, text: str):  # noqa: ANN202 - what W&B should hold for a results.csv cell
+def _csv_cell(column: str, text: str):
     if column not in CSV_NUMBERS:
         return text
     return None if text in ("", "nan") else CSV_NUMBERS[column](float(text))

@@ -44,7 +44,7 @@ _installed: dict[int, Any] = {}  # signal number -> handler we replaced
 def _stop_signals() -> list[int]:
     """The signals to defer: the scheduler's warning signal, and SIGTERM."""
     name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
-    signals = [signal.SIGTERM]
+    signals: list[int] = [signal.SIGTERM]
     warning = getattr(signal, name, None)
     if warning is not None and warning not in signals:
         signals.append(warning)

@@ -178,7 +178,7 @@ def load_torchvision(cfg: DictConfig) -> Data:
 
     def read(download: bool) -> tuple[Any, Any]:
         try:
-            return tuple(cls(str(root), download=download, **args, **part) for part in parts)  # type: ignore[return-value]
+            return tuple(cls(str(root), download=download, **args, **part) for part in parts)
         except TypeError as err:  # an argument the class does not take
             raise ConfigError(f"dataset.source_args / dataset.part_arg of torchvision {cls.__name__}: {err}") from err
 

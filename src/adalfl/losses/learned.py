@@ -38,13 +38,13 @@ class _SmoothLeakyReLUFunction(torch.autograd.Function):
     ops, so double backward works."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, x: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.beta, ctx.gamma = beta, gamma
         return _phi(x, beta, gamma)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (x,) = ctx.saved_tensors
         return grad * _phi_slope(torch.sigmoid(x * ctx.beta), ctx.gamma), None, None
 
@@ -97,7 +97,7 @@ class _ValueAndSlope(torch.autograd.Function):
     which keeps the node's memory below what autograd's graph of the same forward holds."""
 
     @staticmethod
-    def forward(ctx, pairs: torch.Tensor, activations: list, *weights: torch.Tensor):  # noqa: ANN001, ANN205
+    def forward(ctx, pairs: torch.Tensor, activations: list, *weights: torch.Tensor):
         h, t, saved = pairs, None, []
         for layer, (weight, bias) in enumerate(zip(weights[0::2], weights[1::2])):
             z = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
@@ -111,7 +111,7 @@ class _ValueAndSlope(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_value: torch.Tensor | None, grad_slope: torch.Tensor | None):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_value: torch.Tensor | None, grad_slope: torch.Tensor | None):
         g_h = grad_value.unsqueeze(-1) if grad_value is not None else None
         g_t = grad_slope.unsqueeze(-1) if grad_slope is not None else None
         weights = ctx.saved_tensors

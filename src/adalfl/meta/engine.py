@@ -59,7 +59,7 @@ class MetaStep:
     meta_grads: list[torch.Tensor]
 
     @classmethod
-    def detached(cls, params, buffers, base_grads, base_loss, output, target, meta_loss, meta_grads) -> "MetaStep":  # noqa: ANN001, E501
+    def detached(cls, params, buffers, base_grads, base_loss, output, target, meta_loss, meta_grads) -> "MetaStep":
         """A MetaStep holding no graph: what the look-ahead produced, cut loose from autograd."""
         return cls(
             params=[p.detach() for p in params],
@@ -163,7 +163,7 @@ class FuncEngine(MetaEngine):
             self._records[model] = ForwardRecord(model)
         return self._records[model]
 
-    def step(self, model, optimizer, loss_fn, meta_params, train, val, task_loss, lr=None, loss_has_meta_params=True):  # noqa: ANN001, ANN201, E501
+    def step(self, model, optimizer, loss_fn, meta_params, train, val, task_loss, lr=None, loss_has_meta_params=True):
         hyper = SGDHyper.from_optimizer(optimizer)
         params = list(model.parameters())
         x, y = train
@@ -209,7 +209,7 @@ class FuncEngine(MetaEngine):
 class HigherEngine(MetaEngine):
     name = "higher"
 
-    def step(self, model, optimizer, loss_fn, meta_params, train, val, task_loss, lr=None, loss_has_meta_params=True):  # noqa: ANN001, ANN201, E501
+    def step(self, model, optimizer, loss_fn, meta_params, train, val, task_loss, lr=None, loss_has_meta_params=True):
         import higher
 
         SGDHyper.from_optimizer(optimizer)  # same preconditions as FuncEngine
@@ -223,7 +223,7 @@ class HigherEngine(MetaEngine):
         output = fmodel(x, params=params)
         base_loss = loss_fn(output, y)
         base_grads: list[torch.Tensor] = []
-        new_params = diffopt.step(base_loss, params=params, grad_callback=lambda g: base_grads.extend(g) or g)
+        new_params = diffopt.step(base_loss, params=params, grad_callback=lambda g: base_grads.extend(g) or g)  # type: ignore[func-returns-value]
         # higher's patched model works on copies of the buffers: hand the base step's BatchNorm
         # update to the model; the meta forward below only moves the (discarded) copies.
         with torch.no_grad():

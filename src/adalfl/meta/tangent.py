@@ -137,36 +137,36 @@ class _ConvOrLinear(_Rule):
         """The layer's map (input, weight, bias) -> output."""
         return F.linear if isinstance(module, nn.Linear) else module._conv_forward
 
-    def record(self, module, x):  # noqa: ANN001, ANN201
+    def record(self, module, x):
         return type(module).forward(module, x), x.detach()
 
-    def recorded_input(self, saved):  # noqa: ANN001, ANN201
+    def recorded_input(self, saved):
         return saved
 
-    def output(self, module, primal_in, saved):  # noqa: ANN001, ANN201
+    def output(self, module, primal_in, saved):
         # The parameters are dual tensors here: their primals give the primal output.
         return self._apply(module)(primal_in, _primal_tangent(module.weight)[0], _primal_tangent(module.bias)[0])
 
-    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
+    def tangent(self, module, out, saved, t_in):
         return _linear_like_tangent(self._apply(module), saved, t_in, module.weight, module.bias)
 
 
 class _MaxPool2d(_Rule):
-    def applies(self, module, x):  # noqa: ANN001, ANN201
+    def applies(self, module, x):
         return x.dim() == 4  # batched; unbatched input runs as ordinary forward-mode AD
 
-    def returned(self, module, dual, saved):  # noqa: ANN001, ANN201
+    def returned(self, module, dual, saved):
         return (dual, saved) if module.return_indices else dual
 
-    def record(self, module, x):  # noqa: ANN001, ANN201
+    def record(self, module, x):
         out, indices = F.max_pool2d(x, module.kernel_size, module.stride, module.padding, module.dilation,
                                     ceil_mode=module.ceil_mode, return_indices=True)
         return (out, indices) if module.return_indices else out, indices
 
-    def output(self, module, primal_in, saved):  # noqa: ANN001, ANN201
+    def output(self, module, primal_in, saved):
         return _gather_pooled(primal_in, saved)
 
-    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
+    def tangent(self, module, out, saved, t_in):
         return _gather_pooled(t_in, saved) if t_in is not None else None
 
 
@@ -181,32 +181,32 @@ class _FromOutput(_Rule):
         self.derivative = derivative  # (module, t, y) -> the tangent of y
         self.keeps_output = keeps_output
 
-    def record(self, module, x):  # noqa: ANN001, ANN201
+    def record(self, module, x):
         return type(module).forward(module, x), None
 
-    def output(self, module, primal_in, saved):  # noqa: ANN001, ANN201
+    def output(self, module, primal_in, saved):
         return self.function(module, primal_in)
 
-    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
+    def tangent(self, module, out, saved, t_in):
         return self.derivative(module, t_in, out) if t_in is not None else None
 
 
 class _ELU(_FromOutput):
-    def applies(self, module, x):  # noqa: ANN001, ANN201
+    def applies(self, module, x):
         return module.alpha >= 0  # elu_backward takes the output only for alpha >= 0
 
 
 class _GELU(_Rule):
-    def record(self, module, x):  # noqa: ANN001, ANN201
+    def record(self, module, x):
         return type(module).forward(module, x), x.detach()
 
-    def recorded_input(self, saved):  # noqa: ANN001, ANN201
+    def recorded_input(self, saved):
         return saved
 
-    def output(self, module, primal_in, saved):  # noqa: ANN001, ANN201
+    def output(self, module, primal_in, saved):
         return F.gelu(primal_in, approximate=module.approximate)
 
-    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
+    def tangent(self, module, out, saved, t_in):
         return aten.gelu_backward(t_in, saved, approximate=module.approximate) if t_in is not None else None
 
 
@@ -214,13 +214,13 @@ class _LinearMap(_Rule):
     """A parameter-free module linear in its input (average pooling): the tangent is the module
     applied to the tangent, and nothing needs recording."""
 
-    def record(self, module, x):  # noqa: ANN001, ANN201
+    def record(self, module, x):
         return type(module).forward(module, x), None
 
-    def output(self, module, primal_in, saved):  # noqa: ANN001, ANN201
+    def output(self, module, primal_in, saved):
         return type(module).forward(module, primal_in)
 
-    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
+    def tangent(self, module, out, saved, t_in):
         return type(module).forward(module, t_in) if t_in is not None else None
 
 
@@ -241,7 +241,7 @@ def _scale_shift(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> t
 
 
 class _BatchNorm(_Rule):
-    def record(self, module, x):  # noqa: ANN001, ANN201
+    def record(self, module, x):
         if not (module.training or (module.running_mean is None and module.running_var is None)):
             # Running statistics, which an evaluation-mode forward leaves alone: the ones it used.
             out = type(module).forward(module, x)
@@ -264,16 +264,16 @@ class _BatchNorm(_Rule):
             module.running_var if running else None, True, factor, module.eps)
         return out, _BatchStats(x.detach(), mean.detach(), invstd.detach(), True)
 
-    def recorded_input(self, saved):  # noqa: ANN001, ANN201
+    def recorded_input(self, saved):
         return saved.x
 
-    def output(self, module, primal_in, saved):  # noqa: ANN001, ANN201
+    def output(self, module, primal_in, saved):
         weight, bias = _primal_tangent(module.weight)[0], _primal_tangent(module.bias)[0]
         scale = saved.invstd if weight is None else weight * saved.invstd
         shift = -saved.mean * scale if bias is None else bias - saved.mean * scale
         return _scale_shift(primal_in, scale, shift)
 
-    def tangent(self, module, out, saved, t_in):  # noqa: ANN001, ANN201
+    def tangent(self, module, out, saved, t_in):
         # dy = k dx + x-hat (dgamma - k mean(dx x-hat)) + dbeta - k mean(dx), k = gamma invstd,
         # the means per channel and zero with running statistics; with x-hat = (x - mean) invstd,
         # dy = k dx + B x + C. Three passes: the two means (one reduction, BatchNorm's backward

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ class SweepJob(Protocol):
     the report imports this module, and the two must not import each other."""
 
     folder: Path
-    result: dict
+    result: Any  # adalfl.train.folder.Result: its metric_name, method, dataset, model
     column: str
 
 
@@ -32,7 +32,7 @@ def _test_series(folder: Path, metric: str) -> dict[int, float]:
     return series
 
 
-def test_curves_figure(jobs: list[SweepJob], methods: list[str], path: Path, title: str | None = None) -> Path:
+def test_curves_figure(jobs: Sequence[SweepJob], methods: list[str], path: Path, title: str | None = None) -> Path:
     """Test metric against step per method (a report column: a method, or a method with its own
     settings): mean over seeds with a ± std band."""
     metric = jobs[0].result.metric_name

@@ -114,7 +114,7 @@ class Report:
 
     def best(self, row: Row) -> str | None:
         finished = {m: c.mean for m, c in self.cells[row].items() if c.values}
-        return min(finished, key=finished.get) if finished else None  # every metric: lower is better
+        return min(finished, key=finished.__getitem__) if finished else None  # every metric: lower is better
 
 
 def _display(value: float, metric: str) -> float:

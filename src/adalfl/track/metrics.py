@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, TextIO
 
 import torch
 
@@ -24,12 +24,12 @@ class Tracker:
         self.path = out_dir / "metrics.jsonl"
         self.wandb = wandb
         self.records: list[dict] = []
-        self._file = None
+        self._file: TextIO | None = None
 
-    def _open(self):  # noqa: ANN202
+    def _open(self) -> TextIO:
         if self._file is None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for appends; close() closes it
         return self._file
 
     def log(self, phase: str, step: int, scalars: Mapping[str, float | torch.Tensor]) -> dict:

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from adalfl.track.metrics import Tracker  # noqa: E402
+from adalfl.track.metrics import Tracker
 
 
 def learning_curves(tracker: Tracker, metric_name: str, path: Path, title: str) -> Path:

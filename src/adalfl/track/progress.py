@@ -20,7 +20,7 @@ import torch
 # Seconds between two lines: at least once a minute, at most a few lines a minute.
 INTERVAL_S = 20.0
 
-Value = Union[float, torch.Tensor, Callable[[], float], None]
+Value = Union[float, torch.Tensor, Callable[[], Union[float, torch.Tensor]], None]
 
 
 def format_duration(seconds: float) -> str:

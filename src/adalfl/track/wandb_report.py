@@ -32,20 +32,33 @@ log = logging.getLogger(__name__)
 
 # What publish reads of adalfl.sweep.report's Report and Table. Described here, not imported: the
 # sweep package sits above track (scripts/check_imports.py).
+# Read-only members (properties): the report's classes hold narrower types in mutable attributes.
 class SweepReport(Protocol):
-    sweep: Path
-    title: str
-    methods: list[str]  # column labels
-    cells: Mapping[Any, Mapping[str, Any]]  # row -> column -> cell, whose ``values`` are its finished seeds
-    failed: Sequence[Any]
-    unfinished: Sequence[Any]
-    missing: Sequence[Any]
+    @property
+    def sweep(self) -> Path: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def methods(self) -> Sequence[str]: ...  # column labels
+    @property
+    def cells(self) -> Mapping[Any, Mapping[str, Any]]: ...  # row -> column -> cell, whose ``values`` are its finished seeds
+    @property
+    def failed(self) -> Sequence[Any]: ...
+    @property
+    def interrupted(self) -> Sequence[Any]: ...
+    @property
+    def unfinished(self) -> Sequence[Any]: ...
+    @property
+    def missing(self) -> Sequence[Any]: ...
 
 
 class ReportTable(Protocol):
-    key: str
-    columns: list[str]
-    rows: list[list[str]]
+    @property
+    def key(self) -> str: ...
+    @property
+    def columns(self) -> Sequence[str]: ...
+    @property
+    def rows(self) -> Sequence[Sequence[str]]: ...
 
 
 RUN_ID_FILE = ".wandb_report_run_id"
@@ -79,7 +92,7 @@ def enabled(logger: Mapping[str, Any]) -> bool:
     return logger.get("name") == "wandb" and logger.get("mode", "disabled") != "disabled"
 
 
-def publish(report: SweepReport, tables: list[ReportTable], csv_body: str, figures: list[Path],
+def publish(report: SweepReport, tables: Sequence[ReportTable], csv_body: str, figures: list[Path],
             logger: Mapping[str, Any]) -> None:
     """Send the report's tables, results.csv and the figures written by this rebuild to the sweep's
     W&B run. Never raises: the report on disk is what matters."""
@@ -98,7 +111,7 @@ def publish(report: SweepReport, tables: list[ReportTable], csv_body: str, figur
                     type(err).__name__, err)
 
 
-def _log_run(report: SweepReport, tables: list[ReportTable], csv_body: str, figures: list[Path],
+def _log_run(report: SweepReport, tables: Sequence[ReportTable], csv_body: str, figures: list[Path],
              logger: Mapping[str, Any], mode: str) -> None:
     import wandb
 

@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
     if not argv or any(a in ("-h", "--help") for a in argv):
         print(__doc__.strip())
         return 0 if argv else 2
-    options = {"--entity": None, "--project": None}
+    options: dict[str, str | None] = {"--entity": None, "--project": None}
     check, positional = False, []
     args = iter(argv)
     for arg in args:
