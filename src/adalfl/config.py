@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from enum import Enum
+from typing import Any, Dict, List, Optional, TypeVar
 
 from omegaconf import MISSING, DictConfig
 
@@ -23,6 +24,19 @@ from adalfl.cpu_memory import CHOICES as CPU_MEMORY_CHOICES
 
 class ConfigError(ValueError):
     """A config value that is well-typed but unusable (e.g. a negative learning rate)."""
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def choice(choices: type[E], value: Any, key: str) -> E:
+    """``value`` as a member of the enumeration ``choices``, or a ConfigError naming ``key`` and the
+    allowed values. A composed config holds members already (OmegaConf refuses anything else); this
+    is for a config built in Python from strings."""
+    try:
+        return choices(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be one of {[c.value for c in choices]}, got {value!r}") from None
 
 
 @dataclass
@@ -102,9 +116,13 @@ class LoggerConfig:
     init_timeout: float = 15.0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MethodConfig:
-    """Keys every method has; methods extend it with their own dataclass."""
+    """Keys every method has; methods extend it with their own dataclass, which is at once the
+    schema of conf/method/<name>.yaml and the object the method's class receives
+    (``adalfl.app.build_method``: ``OmegaConf.to_object``, which runs its ``__post_init__`` checks).
+    Defaults are written once, in the dataclass; the YAML repeats them with their sources, and
+    tests/test_config.py holds the two equal."""
 
     _target_: str = MISSING
     name: str = MISSING
