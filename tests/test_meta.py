@@ -24,8 +24,8 @@ from conftest import TEST_DEVICE
 TASK = Task("classification", 3)
 # The loss network these tests were written for, every argument spelt out: PointwiseNetwork has no
 # defaults of its own (the job's come from the method's config, adalfl.methods.learned_loss.LossNetConfig).
-NET = dict(hidden=(8, 8), activation="smooth_leaky_relu", output_activation="smooth_leaky_relu", beta=10.0,
-           gamma=0.01, init="default", bias=True, inputs=2)
+NET = {"hidden": (8, 8), "activation": "smooth_leaky_relu", "output_activation": "smooth_leaky_relu", "beta": 10.0,
+       "gamma": 0.01, "init": "default", "bias": True, "inputs": 2}
 
 
 def _net(**changes: object) -> PointwiseNetwork:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -38,7 +37,7 @@ class MetaLRConfig(MethodConfig):
     _target_: str = "adalfl.methods.metalr.MetaLR"
     name: str = "metalr"
     meta: OnlineMetaConfig  # no default: init_steps comes from the offline node (the YAML's ${offline.steps})
-    initial_lr: Optional[float] = None  # alpha before Algorithm 3; None = optimizer.lr
+    initial_lr: float | None = None  # alpha before Algorithm 3; None = optimizer.lr
 
     def __post_init__(self) -> None:
         if self.initial_lr is not None and not self.initial_lr > 0:
