@@ -4,7 +4,9 @@ wrong type fails at start-up with a message naming the key, before any data is l
 Groups with one shape (dataset, optimizer, logger) have their schema here. Methods differ in
 their keys, so each method module declares its own ``CONFIG_SCHEMA`` dataclass and
 ``adalfl.configstore.register_configs`` discovers it: a new method is one module plus one YAML
-file. This module sits below everything else (every layer may raise a ConfigError), so it never
+file. That dataclass is also what the method's class receives (``adalfl.app.build_method``), with
+its defaults and its checks (``__post_init__``) in one place; choices are ``Enum`` fields, refused
+at composition (docs/methods.md, "One form per config"). This module sits below everything else (every layer may raise a ConfigError), so it never
 imports the methods itself.
 Model configs are plain ``_target_`` nodes (their keyword arguments differ per architecture);
 Hydra's struct mode still rejects unknown keys, and a wrong type is reported when the model is built.
