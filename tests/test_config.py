@@ -19,7 +19,7 @@ from adalfl.app import _build_model, _build_optimizer, build_method, run
 from adalfl.config import ConfigError, OfflineConfig, validate
 from adalfl.core import Method
 from adalfl.data import load_data
-from adalfl.losses.learned import PointwiseNetwork
+from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.methods.learned_loss import LossNetConfig
 
 from conftest import CONF, compose_config, run_main, tiny
@@ -110,12 +110,15 @@ def test_the_method_yamls_only_hold_fields_the_dataclass_defines() -> None:
 
 
 def test_the_loss_network_has_no_defaults_of_its_own() -> None:
-    """PointwiseNetwork takes every value from LossNetConfig (or its caller), so the two cannot drift."""
+    """PointwiseNetwork and OutputWiseLoss take every value from LossNetConfig (or their caller), so
+    no second copy of a default can drift from the config's."""
     parameters = inspect.signature(PointwiseNetwork).parameters
     assert all(p.default is inspect.Parameter.empty for p in parameters.values())
     assert set(parameters) - {"inputs"} <= {f.name for f in dataclasses.fields(LossNetConfig)}
     with pytest.raises(TypeError):
         PointwiseNetwork(hidden=[4])  # type: ignore[call-arg]
+    reduced = inspect.signature(OutputWiseLoss).parameters
+    assert all(p.default is inspect.Parameter.empty for p in reduced.values())
 
 
 @pytest.mark.parametrize("logger", _options("logger"))

@@ -13,8 +13,8 @@ from hydra.errors import ConfigCompositionException
 
 from adalfl.app import build_job, run
 from adalfl.config import ConfigError
-from adalfl.losses.learned import OutputWiseLoss, TaylorPolynomial
-from adalfl.methods.learned_loss import LossNetConfig
+from adalfl.losses.learned import TaylorPolynomial
+from adalfl.methods.learned_loss import LossNetConfig, build_loss
 from adalfl.methods.metalearning import OfflineMetaConfig, OnlineMetaConfig
 from adalfl.methods.metalr import MetaLR, MetaLRConfig
 from adalfl.methods.ml3 import ML3, ML3Config
@@ -209,7 +209,7 @@ def test_partial_training_is_the_same_run_for_every_candidate(tmp_path: Path) ->
     # lr 0.01 for the two losses below to reach different validation errors
     job, _ = _job(tmp_path, "dataset=digits", "optimizer.lr=1.0")
     fitness = PartialTraining(job, steps=15)
-    loss = OutputWiseLoss(job.task, TaylorPolynomial(TaylorPolynomial.squared_error()))
+    loss = build_loss(job.task, TaylorPolynomial(TaylorPolynomial.squared_error()), job.device)
     state = job.train_batches.state_dict()
     first, second = fitness(loss), fitness(loss)
     assert first == second

@@ -259,7 +259,7 @@ def _zoo_setup(model: str, dataset: str, overrides: tuple[str, ...]):  # noqa: A
     task = Task(cfg.dataset.task, cfg.dataset.num_outputs)
     pointwise = PointwiseNetwork(hidden=(8, 8), activation="smooth_leaky_relu", output_activation="smooth_leaky_relu",
                                  beta=10.0, gamma=0.01, init="default", bias=True, inputs=2)
-    loss = OutputWiseLoss(task, pointwise).to(TEST_DEVICE, F64)
+    loss = OutputWiseLoss(task, pointwise, reduction="mean", task_loss_term=False, residual=False).to(TEST_DEVICE, F64)
     shape, n = list(cfg.dataset.input_shape), int(cfg.dataset.num_outputs)
     fmt = torch.channels_last if len(shape) == 3 else torch.contiguous_format  # as jobs run
 

@@ -209,9 +209,6 @@ def _activation(name: Activation | str, beta: float, gamma: float) -> nn.Module:
     return nn.Identity()
 
 
-INITS = tuple(i.value for i in Init)
-
-
 class PointwiseNetwork(nn.Module):
     """l_phi: R^2 -> R, a small MLP on (prediction, target) pairs; with ``inputs=1``, l_phi: R -> R
     on regression residuals (prediction - target).
@@ -277,9 +274,6 @@ class PointwiseNetwork(nn.Module):
         return values.view(pairs.shape[:-1]), slopes.view(pairs.shape[:-1])
 
 
-REDUCTIONS = tuple(r.value for r in Reduction)
-
-
 class OutputWiseLoss(nn.Module):
     """M_phi(y, f(x)): the pointwise function over every output, reduced over outputs (``mean``: the
     paper's (1/C) sum_c; ``sum``: the first author's EvoMAL code) and averaged over the batch.
@@ -287,10 +281,13 @@ class OutputWiseLoss(nn.Module):
     ``task_loss_term=True`` adds the task loss L_T (cross-entropy / squared error) to M, as the first
     author's later loss networks do (Neural-Procedural-Bias-Meta-Learning, ``loss_network.py``): the
     learned part then corrects L_T instead of replacing it. A pointwise function that provides
-    ``value_and_slope(pairs)`` (l and dl/dprediction) makes the meta-gradient cheaper."""
+    ``value_and_slope(pairs)`` (l and dl/dprediction) makes the meta-gradient cheaper.
 
-    def __init__(self, task: Task, pointwise: nn.Module, reduction: Reduction | str = Reduction.mean,
-                 task_loss_term: bool = False, residual: bool = False) -> None:
+    No defaults: a learned network's values come from ``LossNetConfig``, TaylorGLO's are written in
+    ``adalfl.methods.learned_loss.build_loss``."""
+
+    def __init__(self, task: Task, pointwise: nn.Module, *, reduction: Reduction | str, task_loss_term: bool,
+                 residual: bool) -> None:
         super().__init__()
         reduction = Reduction(reduction)
         if residual and task.classification:

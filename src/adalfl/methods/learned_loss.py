@@ -72,7 +72,8 @@ class LossNetConfig:
             hidden=self.hidden, activation=self.activation, output_activation=self.output_activation,
             beta=self.beta, gamma=self.gamma, init=self.init, bias=self.bias, inputs=1 if residual else 2,
         )
-        return OutputWiseLoss(task, pointwise, self.reduction, self.task_loss_term, residual).to(device)
+        return OutputWiseLoss(task, pointwise, reduction=self.reduction, task_loss_term=self.task_loss_term,
+                              residual=residual).to(device)
 
 
 def loss_curves(loss: OutputWiseLoss, task: Task, step: int) -> dict:
@@ -275,7 +276,9 @@ class LossWatcher:
 
 
 def build_loss(task: Task, pointwise: nn.Module, device: torch.device) -> OutputWiseLoss:
-    return OutputWiseLoss(task, pointwise).to(device)
+    """The plain output-wise loss of a pointwise function on (prediction, target) pairs (TaylorGLO's):
+    the paper's mean over outputs, without the task loss added."""
+    return OutputWiseLoss(task, pointwise, reduction=Reduction.mean, task_loss_term=False, residual=False).to(device)
 
 
 def plot_offline_phase(job: JobContext, loss: OutputWiseLoss, before: dict, after: dict, name: str) -> None:
