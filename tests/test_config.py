@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
+import re
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from adalfl.app import _build_model, _build_optimizer, run
-from adalfl.config import ConfigError, validate
+from adalfl.app import _build_model, _build_optimizer, build_method, run
+from adalfl.config import ConfigError, OfflineConfig, validate
 from adalfl.core import Method
 from adalfl.data import load_data
+from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
+from adalfl.methods.learned_loss import LossNetConfig
 
 from conftest import CONF, compose_config, run_main, tiny
 
@@ -37,12 +45,80 @@ def test_tabular_model_configs_build_for_the_default_dataset(model: str) -> None
     assert out.shape == (3, cfg.dataset.num_outputs)
 
 
+def _schema(method: str) -> type:
+    return importlib.import_module(f"adalfl.methods.{method}").CONFIG_SCHEMA
+
+
 @pytest.mark.parametrize("method", _options("method"))
-def test_every_method_config_instantiates(method: str) -> None:
+def test_every_method_is_built_from_its_typed_config(method: str) -> None:
     cfg = compose_config(f"method={method}")
-    obj = instantiate(cfg.method, _convert_="all")
+    obj = build_method(cfg)
     assert isinstance(obj, Method)
     assert obj.name == method
+    assert type(obj.config) is _schema(method)  # the dataclass itself, its __post_init__ checks run
+
+
+REQUIRED = "<no default: the YAML sets it>"
+
+
+def _defaults(schema: Any) -> dict:
+    """A config dataclass's (or instance's) values, nested as the YAML is; REQUIRED where it has none."""
+    hints = typing.get_type_hints(schema if isinstance(schema, type) else type(schema))
+    out = {}
+    for f in dataclasses.fields(schema):
+        if not isinstance(schema, type):
+            value = getattr(schema, f.name)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:  # a nested config without a default still has defaults of its own
+            value = hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else REQUIRED
+        out[f.name] = _defaults(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _leaves(child, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+@pytest.mark.parametrize("method", _options("method"))
+def test_the_method_yaml_holds_the_dataclass_defaults(method: str) -> None:
+    """Defaults are written once, in the dataclass; conf/method/<name>.yaml repeats them with their
+    sources and must not differ. A field without a default (an offline budget) is set by the YAML
+    from the root offline node, whose defaults are OfflineConfig's."""
+    defaults = _leaves(_defaults(_schema(method)))
+    composed = _leaves(OmegaConf.to_container(compose_config(f"method={method}").method, resolve=False))
+    assert set(composed) == set(defaults)
+    offline = {f.name for f in dataclasses.fields(OfflineConfig)}
+    for key, value in composed.items():
+        if defaults[key] == REQUIRED:
+            match = re.fullmatch(r"\$\{offline\.(\w+)\}", str(value))
+            assert match and match.group(1) in offline, f"method.{key}: {value!r} is not an offline.* default"
+        else:
+            assert value == defaults[key] and type(value) is type(defaults[key]), \
+                f"method.{key}: the YAML says {value!r}, the dataclass {defaults[key]!r}"
+
+
+def test_the_method_yamls_only_hold_fields_the_dataclass_defines() -> None:
+    for method in _options("method"):
+        yaml = OmegaConf.to_container(OmegaConf.load(CONF / "method" / f"{method}.yaml"))
+        yaml.pop("defaults")
+        assert set(_leaves(yaml)) <= set(_leaves(_defaults(_schema(method)))), method
+
+
+def test_the_loss_network_has_no_defaults_of_its_own() -> None:
+    """PointwiseNetwork and OutputWiseLoss take every value from LossNetConfig (or their caller), so
+    no second copy of a default can drift from the config's."""
+    parameters = inspect.signature(PointwiseNetwork).parameters
+    assert all(p.default is inspect.Parameter.empty for p in parameters.values())
+    assert set(parameters) - {"inputs"} <= {f.name for f in dataclasses.fields(LossNetConfig)}
+    with pytest.raises(TypeError):
+        PointwiseNetwork(hidden=[4])  # type: ignore[call-arg]
+    reduced = inspect.signature(OutputWiseLoss).parameters
+    assert all(p.default is inspect.Parameter.empty for p in reduced.values())
 
 
 @pytest.mark.parametrize("logger", _options("logger"))

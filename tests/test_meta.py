@@ -22,6 +22,18 @@ from adalfl.meta.tangent import ForwardRecord
 from conftest import TEST_DEVICE
 
 TASK = Task("classification", 3)
+# The loss network these tests were written for, every argument spelt out: PointwiseNetwork has no
+# defaults of its own (the job's come from the method's config, adalfl.methods.learned_loss.LossNetConfig).
+NET = {"hidden": (8, 8), "activation": "smooth_leaky_relu", "output_activation": "smooth_leaky_relu", "beta": 10.0,
+       "gamma": 0.01, "init": "default", "bias": True, "inputs": 2}
+
+
+# OutputWiseLoss has no defaults: the plain loss (the paper's mean over outputs, on pairs, without L_T)
+PLAIN = {"reduction": "mean", "task_loss_term": False, "residual": False}
+
+
+def _net(**changes: object) -> PointwiseNetwork:
+    return PointwiseNetwork(**{**NET, **changes})
 SGD_KW = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
 
 
@@ -32,7 +44,7 @@ def _setup(batch_norm: bool = False, dtype: torch.dtype = torch.float64, seed: i
         layers.append(nn.BatchNorm1d(6))
     layers += [nn.Tanh(), nn.Linear(6, 3)]
     model = nn.Sequential(*layers).to(TEST_DEVICE, dtype)
-    loss = OutputWiseLoss(TASK, PointwiseNetwork(hidden=(8, 8))).to(TEST_DEVICE, dtype)
+    loss = OutputWiseLoss(TASK, _net(), **PLAIN).to(TEST_DEVICE, dtype)
     x, y = torch.randn(16, 4, dtype=dtype), torch.randint(0, 3, (16,))
     xv, yv = torch.randn(12, 4, dtype=dtype), torch.randint(0, 3, (12,))
     x, y, xv, yv = (t.to(TEST_DEVICE) for t in (x, y, xv, yv))
@@ -128,7 +140,7 @@ def test_frozen_loss_lookahead_reproduces_torch_sgd(backend: str, nesterov: bool
     """Twenty committed look-ahead steps equal twenty torch.optim.SGD steps (schedule included)."""
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).to(TEST_DEVICE)
-    loss = OutputWiseLoss(TASK, PointwiseNetwork()).to(TEST_DEVICE)
+    loss = OutputWiseLoss(TASK, _net(hidden=(40, 40)), **PLAIN).to(TEST_DEVICE)
     twin = copy.deepcopy(model)
     kw = dict(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=5e-4)
     opt_a, opt_b = torch.optim.SGD(model.parameters(), **kw), torch.optim.SGD(twin.parameters(), **kw)
@@ -181,7 +193,7 @@ def test_backends_agree_with_dropout_masks_replayed() -> None:
     for backend in ("func", "higher"):
         torch.manual_seed(3)
         model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 3)).double()
-        loss = OutputWiseLoss(TASK, PointwiseNetwork(hidden=(8, 8))).double()
+        loss = OutputWiseLoss(TASK, _net(), **PLAIN).double()
         x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         torch.manual_seed(4)
@@ -260,15 +272,15 @@ def test_explicit_output_gradient_equals_autograd_to_second_order(kind: str, poi
     elif pointwise == "other":
         net = _TanhPointwise()
     elif pointwise == "relu_softplus":
-        net = PointwiseNetwork(hidden=(8, 8), activation="relu", output_activation="softplus")
+        net = _net(activation="relu", output_activation="softplus")
     elif pointwise == "no_bias_sum_task_term":
-        net = PointwiseNetwork(hidden=(8, 8), output_activation="none", bias=False, init="kaiming_normal")
+        net = _net(output_activation="none", bias=False, init="kaiming_normal")
     else:
-        net = PointwiseNetwork(hidden=(8, 8))
+        net = _net()
     if pointwise == "no_bias_sum_task_term":  # summed over outputs, plus L_T
-        loss = OutputWiseLoss(task, net, reduction="sum", task_loss_term=True).double()
+        loss = OutputWiseLoss(task, net, reduction="sum", task_loss_term=True, residual=False).double()
     else:
-        loss = OutputWiseLoss(task, net).double()
+        loss = OutputWiseLoss(task, net, **PLAIN).double()
     phi = list(loss.parameters())
     output = torch.randn(6, 4, dtype=torch.float64)
     target = torch.randint(0, 4, (6,)) if kind == "classification" else torch.randn(6, 4, dtype=torch.float64)
@@ -343,7 +355,7 @@ class _ValueAndSlope(nn.Module):
 def test_value_and_slope_backward_passes_gradcheck(hidden: str, output: str, bias: bool) -> None:
     """The written-out backward of l and dl/dprediction, in the pairs and in every parameter."""
     torch.manual_seed(0)
-    net = PointwiseNetwork(hidden=(5, 4), activation=hidden, output_activation=output, bias=bias)
+    net = _net(hidden=(5, 4), activation=hidden, output_activation=output, bias=bias)
     assert len(list(net.parameters())) == (6 if bias else 3)
     module = _ValueAndSlope(net.double())
     names = [name for name, _ in module.named_parameters()]

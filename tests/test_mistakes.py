@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 
 from adalfl import app
 from adalfl.app import run
 from adalfl.config import ConfigError
+from adalfl.methods.learned_loss import LossNetConfig
 
-from conftest import REPO, run_main, tiny
+from conftest import REPO, compose_config, run_main, tiny
 
 FAST = ("model.widths=[32,32]", "threads=1", "dataset.steps=20")
 
@@ -36,11 +39,9 @@ def no_data(monkeypatch: pytest.MonkeyPatch) -> None:
         (["device=tpu"], "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
         (["optimizer.momentum=2"], r"optimizer.momentum must be in \[0, 1\), got 2.0"),
         (["optimizer.dampening=1.5"], r"optimizer.dampening must be in \[0, 1\], got 1.5"),
-        (["method=adalfl", "method.loss.activation=foo"],
-         r"method.loss.activation must be one of \['smooth_leaky_relu', 'relu', 'softplus', 'none'\], got 'foo'"),
-        (["method=ml3", "method.loss.output_activation=tanh"], "method.loss.output_activation must be one of"),
         (["method=adalfl", "method.loss.hidden=[]"], r"method.loss.hidden must list at least one positive layer width"),
-        (["method=adalfl", "method.loss.init=zeros"], r"method.loss.init must be one of \['default', 'xavier'"),
+        (["method=adalfl", "method.loss.beta=0"], r"method.loss.beta must be > 0"),
+        (["method=taylorglo", "method.cmaes.sigma=0"], r"method.cmaes needs population >= 2"),
         (["method=adalfl", "method.dead_loss.patience=-1"], "method.dead_loss.grad_norm and method.dead_loss.patience"),
         (["logger.init_timeout=0"], "logger.init_timeout must be positive"),
     ],
@@ -51,6 +52,43 @@ def test_bad_values_are_refused_before_the_data_is_loaded(overrides: list[str], 
         run(tiny(*FAST, *overrides), out_dir=job_dir)
     assert "\n" not in str(refused.value)
     assert json.loads((job_dir / "result.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "allowed"),
+    [
+        (["method=adalfl", "method.loss.activation=foo"], "[smooth_leaky_relu, relu, softplus, none]"),
+        (["method=ml3", "method.loss.output_activation=tanh"], "[smooth_leaky_relu, relu, softplus, none]"),
+        (["method=adalfl", "method.loss.init=zeros"], "[default, xavier, kaiming_normal, normal]"),
+        (["method=adalfl", "method.loss.reduction=max"], "[mean, sum]"),
+        (["method=adalfl", "method.loss.regression_input=difference"], "[residual, pair]"),
+        (["method=metalr", "method.meta.backend=jax"], "[func, higher]"),
+        (["method=taylorglo", "method.search=random"], "[cmaes, gradient]"),
+        (["method=taylorglo", "method.init=ones"], "[squared_error, zeros]"),
+    ],
+)
+def test_a_bad_choice_is_refused_when_the_config_is_composed(overrides: list[str], allowed: str) -> None:
+    """Choices are enumerations in the schema: a value outside one never reaches a job."""
+    with pytest.raises(ConfigCompositionException, match=re.escape(overrides[-1])) as refused:
+        compose_config(*overrides)
+    cause = str(refused.value.__cause__)
+    value = overrides[-1].split("=", 1)[1]
+    assert f"Invalid value '{value}', expected one of {allowed}" in cause
+    assert f"full_key: {overrides[-1].split('=')[0]}" in cause
+
+
+def test_a_bad_choice_in_a_config_built_in_python_names_the_allowed_values() -> None:
+    with pytest.raises(ConfigError, match=r"method.loss.activation must be one of "
+                                          r"\['smooth_leaky_relu', 'relu', 'softplus', 'none'\], got 'foo'"):
+        LossNetConfig(activation="foo")
+
+
+def test_a_bad_choice_on_the_command_line_is_one_message(tmp_path: Path) -> None:
+    proc = run_main(["logger=none", "method.loss.activation=foo", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Invalid value 'foo', expected one of [smooth_leaky_relu, relu, softplus, none]" in proc.stderr
+    assert "full_key: method.loss.activation" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

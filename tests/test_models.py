@@ -104,7 +104,9 @@ def test_model_survives_one_adalfl_iteration(model: str, dataset: str) -> None:
     net, cfg = build(model, dataset)
     net.train()
     task = Task(cfg.dataset.task, cfg.dataset.num_outputs)
-    loss = OutputWiseLoss(task, PointwiseNetwork(output_activation="softplus"))
+    loss = OutputWiseLoss(task, PointwiseNetwork(
+        hidden=(40, 40), activation="smooth_leaky_relu", output_activation="softplus", beta=10.0, gamma=0.01,
+        init="default", bias=True, inputs=2), reduction="mean", task_loss_term=False, residual=False)
     phi = list(loss.parameters())
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     shape, n = cfg.dataset.input_shape, cfg.dataset.num_outputs

@@ -128,7 +128,7 @@ class _Pointwise(nn.Module):
 @pytest.mark.parametrize("task", [Task("classification", 10), Task("regression", 1)], ids=lambda t: t.kind)
 def test_the_methods_summaries_fit_the_type(task: Task) -> None:
     """What the learned-loss methods report (loss_health, dead_loss) has a field for every key."""
-    health = loss_health(OutputWiseLoss(task, _Pointwise()), task)
+    health = loss_health(OutputWiseLoss(task, _Pointwise(), reduction="mean", task_loss_term=False, residual=False), task)
     monitor = DeadLossMonitor(DeadLossConfig(), hint="")
     monitor.note_gradient(10, 0.0)
     result = Result(status=Status.DONE, method="adalfl", dataset="d", model="m", seed=0, metric_name="mse")

@@ -257,7 +257,9 @@ def _zoo_setup(model: str, dataset: str, overrides: tuple[str, ...]):
     torch.manual_seed(0)
     net = _build_model(cfg, TEST_DEVICE).to(F64).train()
     task = Task(cfg.dataset.task, cfg.dataset.num_outputs)
-    loss = OutputWiseLoss(task, PointwiseNetwork(hidden=(8, 8))).to(TEST_DEVICE, F64)
+    pointwise = PointwiseNetwork(hidden=(8, 8), activation="smooth_leaky_relu", output_activation="smooth_leaky_relu",
+                                 beta=10.0, gamma=0.01, init="default", bias=True, inputs=2)
+    loss = OutputWiseLoss(task, pointwise, reduction="mean", task_loss_term=False, residual=False).to(TEST_DEVICE, F64)
     shape, n = list(cfg.dataset.input_shape), int(cfg.dataset.num_outputs)
     fmt = torch.channels_last if len(shape) == 3 else torch.contiguous_format  # as jobs run
 

@@ -271,8 +271,11 @@ def check_batch_size(cfg: DictConfig, data: Data) -> None:
 
 
 def build_method(cfg: DictConfig) -> Method:
-    """Instantiate the method; a bad method value fails here as a one-line ConfigError."""
-    return checked_partial(cfg.method, "method")()
+    """The method, built from its typed config: ``cfg.method`` becomes the method's config dataclass
+    (``OmegaConf.to_object``; its ``__post_init__`` checks run here, so a bad method value fails as a
+    one-line ConfigError before any data is loaded), which the ``_target_`` class receives whole."""
+    method_class = _located(str(cfg.method._target_), "method")
+    return method_class(OmegaConf.to_object(cfg.method))
 
 
 def _build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
@@ -287,21 +290,27 @@ def checked_partial(node: DictConfig, key: str) -> partial:
     values; any other exception there is a bug and keeps its traceback, where Hydra's instantiate
     would have turned it into a one-line InstantiationException."""
     target = str(node._target_)
-    module_name, _, name = target.rpartition(".")
-    try:
-        found = bool(module_name) and hasattr(importlib.import_module(module_name), name)
-    except ModuleNotFoundError as err:
-        if not f"{module_name}.".startswith(f"{err.name}."):
-            raise  # the module exists but imports one that does not: not a typo in the config
-        found = False
-    if not found:
-        raise ConfigError(f"{key}._target_: there is no {target}")
+    _located(target, key)
     factory = instantiate(node, _convert_="all", _partial_=True)
     try:
         inspect.signature(factory.func).bind(*factory.args, **factory.keywords)
     except TypeError as err:
         raise ConfigError(f"{key}: {target} does not take these keys: {err}") from None
     return factory
+
+
+def _located(target: str, key: str) -> Any:
+    """The object ``target`` names (module.name), or a one-line ConfigError when there is none."""
+    module_name, _, name = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name) if module_name else None
+    except ModuleNotFoundError as err:
+        if not f"{module_name}.".startswith(f"{err.name}."):
+            raise  # the module exists but imports one that does not: not a typo in the config
+        module = None
+    if module is None or not hasattr(module, name):
+        raise ConfigError(f"{key}._target_: there is no {target}")
+    return getattr(module, name)
 
 
 def _channels_last(cfg: DictConfig) -> bool:

@@ -4,7 +4,9 @@ wrong type fails at start-up with a message naming the key, before any data is l
 Groups with one shape (dataset, optimizer, logger) have their schema here. Methods differ in
 their keys, so each method module declares its own ``CONFIG_SCHEMA`` dataclass and
 ``adalfl.configstore.register_configs`` discovers it: a new method is one module plus one YAML
-file. This module sits below everything else (every layer may raise a ConfigError), so it never
+file. That dataclass is also what the method's class receives (``adalfl.app.build_method``), with
+its defaults and its checks (``__post_init__``) in one place; choices are ``Enum`` fields, refused
+at composition (docs/methods.md, "One form per config"). This module sits below everything else (every layer may raise a ConfigError), so it never
 imports the methods itself.
 Model configs are plain ``_target_`` nodes (their keyword arguments differ per architecture);
 Hydra's struct mode still rejects unknown keys, and a wrong type is reported when the model is built.
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from enum import Enum
+from typing import Any, Dict, List, Optional, TypeVar
 
 from omegaconf import MISSING, DictConfig
 
@@ -23,6 +26,19 @@ from adalfl.cpu_memory import CHOICES as CPU_MEMORY_CHOICES
 
 class ConfigError(ValueError):
     """A config value that is well-typed but unusable (e.g. a negative learning rate)."""
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def choice(choices: type[E], value: Any, key: str) -> E:
+    """``value`` as a member of the enumeration ``choices``, or a ConfigError naming ``key`` and the
+    allowed values. A composed config holds members already (OmegaConf refuses anything else); this
+    is for a config built in Python from strings."""
+    try:
+        return choices(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be one of {[c.value for c in choices]}, got {value!r}") from None
 
 
 @dataclass
@@ -102,9 +118,13 @@ class LoggerConfig:
     init_timeout: float = 15.0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MethodConfig:
-    """Keys every method has; methods extend it with their own dataclass."""
+    """Keys every method has; methods extend it with their own dataclass, which is at once the
+    schema of conf/method/<name>.yaml and the object the method's class receives
+    (``adalfl.app.build_method``: ``OmegaConf.to_object``, which runs its ``__post_init__`` checks).
+    Defaults are written once, in the dataclass; the YAML repeats them with their sources, and
+    tests/test_config.py holds the two equal."""
 
     _target_: str = MISSING
     name: str = MISSING

@@ -5,6 +5,7 @@ Classification feeds softmax probabilities and one-hot targets, regression raw v
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Sequence
 
 import torch
@@ -172,19 +173,40 @@ class SmoothLeakyReLU(nn.Module):
         return f"beta={self.beta}, gamma={self.gamma}"
 
 
-def _activation(name: str, beta: float, gamma: float) -> nn.Module:
-    if name == "smooth_leaky_relu":
+class Activation(str, Enum):
+    """A loss network's activations (``method.loss.activation`` / ``output_activation``)."""
+
+    smooth_leaky_relu = "smooth_leaky_relu"
+    relu = "relu"
+    softplus = "softplus"  # the smooth leaky ReLU with beta = 1, gamma = 0
+    none = "none"  # the identity
+
+
+class Init(str, Enum):
+    """A loss network's weight initialisation (``method.loss.init``)."""
+
+    default = "default"  # PyTorch's Linear init
+    xavier = "xavier"  # uniform, zero bias
+    kaiming_normal = "kaiming_normal"  # fan-in, ReLU gain, zero bias
+    normal = "normal"  # N(0, 0.01^2), zero bias
+
+
+class Reduction(str, Enum):
+    """How M_phi reduces the pointwise values over outputs (``method.loss.reduction``)."""
+
+    mean = "mean"  # the paper's (1/C) sum_c
+    sum = "sum"  # the first author's EvoMAL code
+
+
+def _activation(name: Activation | str, beta: float, gamma: float) -> nn.Module:
+    name = Activation(name)
+    if name is Activation.smooth_leaky_relu:
         return SmoothLeakyReLU(beta, gamma)
-    if name == "relu":
+    if name is Activation.relu:
         return nn.ReLU()
-    if name == "softplus":
+    if name is Activation.softplus:
         return SmoothLeakyReLU(beta=1.0, gamma=0.0)  # the softplus, on the faster path above
-    if name == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown activation {name!r}: use smooth_leaky_relu, relu, softplus or none")
-
-
-INITS = ("default", "xavier", "kaiming_normal", "normal")
+    return nn.Identity()
 
 
 class PointwiseNetwork(nn.Module):
@@ -196,24 +218,27 @@ class PointwiseNetwork(nn.Module):
     from the inputs seen while meta-learning extends linearly instead of arbitrarily.
     ``init``: ``default`` (PyTorch's Linear init), ``xavier`` (uniform, zero bias),
     ``kaiming_normal`` (fan-in, ReLU gain, zero bias) or ``normal`` (N(0, 0.01^2), zero bias).
+
+    Every argument is required: the defaults live once, in the config that builds the network
+    (``adalfl.methods.learned_loss.LossNetConfig``), and cannot drift from a second copy here.
     """
 
     def __init__(
         self,
-        hidden: Sequence[int] = (40, 40),
-        activation: str = "smooth_leaky_relu",
-        output_activation: str = "smooth_leaky_relu",
-        beta: float = 10.0,
-        gamma: float = 0.01,
-        init: str = "default",
-        bias: bool = True,
-        inputs: int = 2,
+        *,
+        hidden: Sequence[int],
+        activation: Activation | str,
+        output_activation: Activation | str,
+        beta: float,
+        gamma: float,
+        init: Init | str,
+        bias: bool,
+        inputs: int,
     ) -> None:
         super().__init__()
         if not hidden or any(int(w) <= 0 for w in hidden):
             raise ValueError(f"loss network needs at least one hidden layer of positive width, got {list(hidden)}")
-        if init not in INITS:
-            raise ValueError(f"unknown loss-network init {init!r}: use one of {list(INITS)}")
+        init = Init(init)
         if inputs not in (1, 2):
             raise ValueError(f"a pointwise loss network takes 1 (residual) or 2 (prediction, target) inputs, got {inputs}")
         layers: list[nn.Module] = []
@@ -225,11 +250,11 @@ class PointwiseNetwork(nn.Module):
         self.net = nn.Sequential(*layers)
         with torch.no_grad():
             for layer in self.net:
-                if not isinstance(layer, nn.Linear) or init == "default":
+                if not isinstance(layer, nn.Linear) or init is Init.default:
                     continue
-                if init == "xavier":
+                if init is Init.xavier:
                     nn.init.xavier_uniform_(layer.weight)
-                elif init == "kaiming_normal":
+                elif init is Init.kaiming_normal:
                     nn.init.kaiming_normal_(layer.weight)
                 else:
                     nn.init.normal_(layer.weight, 0.0, 0.01)
@@ -249,9 +274,6 @@ class PointwiseNetwork(nn.Module):
         return values.view(pairs.shape[:-1]), slopes.view(pairs.shape[:-1])
 
 
-REDUCTIONS = ("mean", "sum")
-
-
 class OutputWiseLoss(nn.Module):
     """M_phi(y, f(x)): the pointwise function over every output, reduced over outputs (``mean``: the
     paper's (1/C) sum_c; ``sum``: the first author's EvoMAL code) and averaged over the batch.
@@ -259,13 +281,15 @@ class OutputWiseLoss(nn.Module):
     ``task_loss_term=True`` adds the task loss L_T (cross-entropy / squared error) to M, as the first
     author's later loss networks do (Neural-Procedural-Bias-Meta-Learning, ``loss_network.py``): the
     learned part then corrects L_T instead of replacing it. A pointwise function that provides
-    ``value_and_slope(pairs)`` (l and dl/dprediction) makes the meta-gradient cheaper."""
+    ``value_and_slope(pairs)`` (l and dl/dprediction) makes the meta-gradient cheaper.
 
-    def __init__(self, task: Task, pointwise: nn.Module, reduction: str = "mean", task_loss_term: bool = False,
-                 residual: bool = False) -> None:
+    No defaults: a learned network's values come from ``LossNetConfig``, TaylorGLO's are written in
+    ``adalfl.methods.learned_loss.build_loss``."""
+
+    def __init__(self, task: Task, pointwise: nn.Module, *, reduction: Reduction | str, task_loss_term: bool,
+                 residual: bool) -> None:
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"unknown reduction over outputs {reduction!r}: use one of {list(REDUCTIONS)}")
+        reduction = Reduction(reduction)
         if residual and task.classification:
             raise ValueError("residual inputs are for regression; classification feeds (probability, one-hot) pairs")
         self.task = task
@@ -283,7 +307,7 @@ class OutputWiseLoss(nn.Module):
 
     def _reduce(self, values: torch.Tensor) -> torch.Tensor:
         """(B, C) pointwise values -> M."""
-        return values.mean() if self.reduction == "mean" else values.sum(dim=-1).mean()
+        return values.mean() if self.reduction is Reduction.mean else values.sum(dim=-1).mean()
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prediction, target_values = self.task.loss_inputs(output, target)
@@ -306,7 +330,7 @@ class OutputWiseLoss(nn.Module):
         prediction, target_values = self.task.loss_inputs(output, target)
         values, slopes = self.pointwise.value_and_slope(self._network_inputs(prediction, target_values))
         # M is the mean over examples (and over outputs for reduction="mean")
-        slopes = slopes / (values.numel() if self.reduction == "mean" else values.shape[0])
+        slopes = slopes / (values.numel() if self.reduction is Reduction.mean else values.shape[0])
         if self.task.classification:  # through the softmax: p * (g - <p, g>)
             slopes = prediction * (slopes - (prediction * slopes).sum(dim=1, keepdim=True))
         value = self._reduce(values)

@@ -34,12 +34,13 @@ import weakref
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from adalfl.config import ConfigError
+from adalfl.config import choice
 from adalfl.meta.sgd import SGDHyper, sgd_update
 from adalfl.meta.stateless import replaced
 from adalfl.meta.tangent import ForwardRecord
@@ -239,10 +240,15 @@ class HigherEngine(MetaEngine):
                                  _zeros_for_unused(meta_grads, meta_params))
 
 
-ENGINES: dict[str, type[MetaEngine]] = {"func": FuncEngine, "higher": HigherEngine}
+class Backend(str, Enum):
+    """``method.meta.backend``: which engine computes the meta-gradient."""
+
+    func = "func"  # FuncEngine: forward-mode AD (torch.func's idea)
+    higher = "higher"  # HigherEngine: the ``higher`` library, to cross-check
 
 
-def make_engine(name: str) -> MetaEngine:
-    if name not in ENGINES:
-        raise ConfigError(f"method.meta.backend must be one of {sorted(ENGINES)}, got {name!r}")
-    return ENGINES[name]()
+ENGINES: dict[Backend, type[MetaEngine]] = {Backend.func: FuncEngine, Backend.higher: HigherEngine}
+
+
+def make_engine(backend: Backend | str) -> MetaEngine:
+    return ENGINES[choice(Backend, backend, "method.meta.backend")]()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from adalfl.config import MethodConfig
+from adalfl.config import ConfigError, MethodConfig
 from adalfl.core import JobContext, Method, Moment, Stats
 from adalfl.losses.learned import OutputWiseLoss
 from adalfl.meta import make_engine
@@ -17,34 +17,38 @@ from adalfl.methods.learned_loss import DeadLossConfig, DeadLossMonitor, LossNet
 from adalfl.methods.metalearning import OfflineMetaTraining, OnlineMetaConfig, OnlineMetaStep
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AdaLFLConfig(MethodConfig):
+    """``method`` of conf/method/adalfl.yaml: its schema and what ``AdaLFL`` receives."""
+
     _target_: str = "adalfl.methods.adalfl.AdaLFL"
     name: str = "adalfl"
     loss: LossNetConfig = field(default_factory=LossNetConfig)
-    meta: OnlineMetaConfig = field(default_factory=OnlineMetaConfig)
+    meta: OnlineMetaConfig  # no default: init_steps comes from the offline node (the YAML's ${offline.steps})
     plot_every: int = 0  # base steps between learned-loss plots (0: a quarter of dataset.steps); also start and end
     dead_loss: DeadLossConfig = field(default_factory=DeadLossConfig)
+
+    def __post_init__(self) -> None:
+        if self.plot_every < 0:
+            raise ConfigError(f"method.plot_every must be >= 0, got {self.plot_every}")
 
 
 CONFIG_SCHEMA = AdaLFLConfig
 
 
 class AdaLFL(Method):
-    def __init__(self, name: str, loss: dict, meta: dict, plot_every: int = 0, dead_loss: dict | None = None) -> None:
-        super().__init__(name)
-        self.loss_cfg = LossNetConfig(**loss)
-        self.loss_cfg.check()
-        self.meta_cfg = OnlineMetaConfig(**meta)
-        self.meta_cfg.check()
+    def __init__(self, config: AdaLFLConfig) -> None:
+        super().__init__(config.name)
+        self.config = config
+        self.loss_cfg = config.loss
+        self.meta_cfg = config.meta
         self.engine = make_engine(self.meta_cfg.backend)
-        self.watcher = LossWatcher(plot_every)
+        self.watcher = LossWatcher(config.plot_every)
         self.loss: OutputWiseLoss | None = None
         self.online: OnlineMetaStep | None = None
         self.offline_run = OfflineMetaTraining()  # Algorithm 1's progress, checkpointed with the method
-        dead = DeadLossConfig(**(dead_loss or {}))
-        dead.check()
-        self.monitor = DeadLossMonitor(dead, f"Lower method.meta.online_lr ({self.meta_cfg.online_lr:g}) or optimizer.lr")
+        self.monitor = DeadLossMonitor(config.dead_loss,
+                                       f"Lower method.meta.online_lr ({self.meta_cfg.online_lr:g}) or optimizer.lr")
 
     def setup(self, job: JobContext, model: nn.Module) -> None:
         self.loss = self.loss_cfg.build(job.task, job.device)

@@ -5,65 +5,75 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List
+from enum import Enum
+from typing import ClassVar, List
 
 import torch
 from torch import nn
 
-from adalfl.config import ConfigError
+from adalfl.config import ConfigError, choice
 from adalfl.core import JobContext, Moment
 from adalfl.losses import Task
-from adalfl.losses.learned import INITS, REDUCTIONS, OutputWiseLoss, PointwiseNetwork
+from adalfl.losses.learned import Activation, Init, OutputWiseLoss, PointwiseNetwork, Reduction
 from adalfl.methods.base import FixedLossMethod
 from adalfl.track.plots import learned_loss as plot_learned_loss
 from adalfl.utils import atomic_write_json
 
 
-ACTIVATIONS = ("smooth_leaky_relu", "relu", "softplus", "none")  # adalfl.losses.learned._activation
+class RegressionInput(str, Enum):
+    """What a regression task feeds the loss network (``method.loss.regression_input``)."""
+
+    residual = "residual"  # prediction - target (one input)
+    pair = "pair"  # (prediction, target)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LossNetConfig:
-    """A learned loss M_phi built from an output-wise network l_phi: R^2 -> R. The paper fixes two
-    hidden layers of 40 units and the smooth leaky ReLU for AdaLFL; the other values are not stated
-    there (their sources: docs/protocol.md and docs/loss_study.md)."""
+    """``method.loss``: a learned loss M_phi built from an output-wise network l_phi: R^2 -> R.
+
+    The schema of the YAML node and the object the methods receive (``OmegaConf.to_object``); its
+    defaults are AdaLFL's and are written only here: conf/method/adalfl.yaml repeats them with
+    their sources (tests/test_config.py holds the two equal), ML3 has its own (``ML3Config``). The
+    paper fixes two hidden layers of 40 units and the smooth leaky ReLU; the other values are not
+    stated there (their sources: docs/protocol.md and docs/loss_study.md). Values are checked in
+    ``__post_init__``; a choice outside its enumeration is refused when the config is composed."""
 
     hidden: List[int] = field(default_factory=lambda: [40, 40])
-    activation: str = "smooth_leaky_relu"  # smooth_leaky_relu | relu | softplus | none
-    output_activation: str = "none"  # smooth_leaky_relu | relu | softplus | none
+    activation: Activation = Activation.smooth_leaky_relu
+    output_activation: Activation = Activation.none
     beta: float = 10.0
     gamma: float = 0.01
-    init: str = "kaiming_normal"  # default (PyTorch's) | xavier | kaiming_normal | normal (N(0, 0.01^2))
+    init: Init = Init.kaiming_normal
     bias: bool = False
-    reduction: str = "mean"  # over outputs: mean (paper) | sum (author's EvoMAL code)
+    reduction: Reduction = Reduction.mean  # over outputs: mean (paper) | sum (author's EvoMAL code)
     task_loss_term: bool = False  # M = L_T + l_phi (the author's later loss networks)
-    regression_input: str = "residual"  # regression only: pair (prediction, target) | residual (prediction - target)
+    regression_input: RegressionInput = RegressionInput.residual  # regression only
 
-    def check(self, key: str = "method.loss") -> None:
+    KEY: ClassVar[str] = "method.loss"
+
+    def __post_init__(self) -> None:
         """Refuse unusable values at start-up, naming the key and the allowed values (the network
         itself is built only after the data is loaded)."""
-        for name in ("activation", "output_activation"):
-            value = getattr(self, name)
-            if value not in ACTIVATIONS:
-                raise ConfigError(f"{key}.{name} must be one of {list(ACTIVATIONS)}, got {value!r}")
+        key = self.KEY
+        self.activation = choice(Activation, self.activation, f"{key}.activation")
+        self.output_activation = choice(Activation, self.output_activation, f"{key}.output_activation")
+        self.init = choice(Init, self.init, f"{key}.init")
+        self.reduction = choice(Reduction, self.reduction, f"{key}.reduction")
+        self.regression_input = choice(RegressionInput, self.regression_input, f"{key}.regression_input")
+        self.hidden = list(self.hidden)
         if not self.hidden or any(int(w) <= 0 for w in self.hidden):
-            raise ConfigError(f"{key}.hidden must list at least one positive layer width, e.g. [40, 40]; got {list(self.hidden)}")
-        if self.init not in INITS:
-            raise ConfigError(f"{key}.init must be one of {list(INITS)}, got {self.init!r}")
-        if self.reduction not in REDUCTIONS:
-            raise ConfigError(f"{key}.reduction must be one of {list(REDUCTIONS)}, got {self.reduction!r}")
-        if self.regression_input not in ("pair", "residual"):
-            raise ConfigError(f"{key}.regression_input must be 'pair' or 'residual', got {self.regression_input!r}")
+            raise ConfigError(f"{key}.hidden must list at least one positive layer width, e.g. [40, 40]; got {self.hidden}")
         if not self.beta > 0 or not 0 <= self.gamma < 1:
             raise ConfigError(f"{key}.beta must be > 0 and {key}.gamma in [0, 1), got beta={self.beta}, gamma={self.gamma}")
 
     def build(self, task: Task, device: torch.device) -> OutputWiseLoss:
-        residual = not task.classification and self.regression_input == "residual"
+        residual = not task.classification and self.regression_input is RegressionInput.residual
         pointwise = PointwiseNetwork(
             hidden=self.hidden, activation=self.activation, output_activation=self.output_activation,
             beta=self.beta, gamma=self.gamma, init=self.init, bias=self.bias, inputs=1 if residual else 2,
         )
-        return OutputWiseLoss(task, pointwise, self.reduction, self.task_loss_term, residual).to(device)
+        return OutputWiseLoss(task, pointwise, reduction=self.reduction, task_loss_term=self.task_loss_term,
+                              residual=residual).to(device)
 
 
 def loss_curves(loss: OutputWiseLoss, task: Task, step: int) -> dict:
@@ -145,7 +155,7 @@ class DeadLossError(RuntimeError):
     """The learned loss stopped giving the model any gradient: training has stopped, so the job fails."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DeadLossConfig:
     """``method.dead_loss``: when a learned loss counts as dead. A logged step whose base gradient
     norm is at most ``grad_norm`` gives the model nothing (a healthy run's norms are many orders of
@@ -156,7 +166,8 @@ class DeadLossConfig:
     grad_norm: float = 1e-8
     patience: int = 10  # consecutive logged steps; 0: never fail, only count
 
-    def check(self, key: str = "method.dead_loss") -> None:
+    def __post_init__(self) -> None:
+        key = "method.dead_loss"
         if not self.grad_norm >= 0 or self.patience < 0:
             raise ConfigError(f"{key}.grad_norm and {key}.patience must be >= 0, got {self.grad_norm}, {self.patience}")
 
@@ -265,7 +276,9 @@ class LossWatcher:
 
 
 def build_loss(task: Task, pointwise: nn.Module, device: torch.device) -> OutputWiseLoss:
-    return OutputWiseLoss(task, pointwise).to(device)
+    """The plain output-wise loss of a pointwise function on (prediction, target) pairs (TaylorGLO's):
+    the paper's mean over outputs, without the task loss added."""
+    return OutputWiseLoss(task, pointwise, reduction=Reduction.mean, task_loss_term=False, residual=False).to(device)
 
 
 def plot_offline_phase(job: JobContext, loss: OutputWiseLoss, before: dict, after: dict, name: str) -> None:
@@ -285,15 +298,13 @@ class OfflineLearnedLoss(FixedLossMethod):
     (``requires_grad=False``) once learned, so base steps never accumulate gradients into it.
     """
 
-    def __init__(self, name: str, plot_every: int = 0, dead_loss: dict | None = None, hint: str = "") -> None:
+    def __init__(self, name: str, plot_every: int, dead_loss: DeadLossConfig, hint: str) -> None:
         super().__init__(name)
         self.watcher = LossWatcher(plot_every)
         self.loss: OutputWiseLoss | None = None
         self.searched = False  # the offline search is over and the loss frozen
         self.before: dict | None = None  # the loss's shape before the search (kept for a resumed search's plot)
-        dead = DeadLossConfig(**(dead_loss or {}))
-        dead.check()
-        self.monitor = DeadLossMonitor(dead, hint or "The offline search gave a loss that cannot train")
+        self.monitor = DeadLossMonitor(dead_loss, hint)
 
     def build_loss(self, job: JobContext) -> OutputWiseLoss:
         raise NotImplementedError

@@ -19,38 +19,42 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from adalfl.config import ConfigError
+from adalfl.config import ConfigError, choice
 from adalfl.core import JobContext, Stats
-from adalfl.meta.engine import LossFn, MetaEngine, MetaStep
+from adalfl.meta.engine import Backend, LossFn, MetaEngine, MetaStep
 from adalfl.models import reset_parameters
 from adalfl.track.progress import ProgressLog
 
 LrFn = Callable[[], torch.Tensor]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OfflineMetaConfig:
-    """``method.meta`` of an offline method (Algorithm 1 or 3): ML3, TaylorGLO's gradient search."""
+    """``method.meta`` of an offline method (Algorithm 1 or 3): ML3, TaylorGLO's gradient search.
 
-    backend: str = "func"  # func (torch.func, default) | higher
-    init_steps: int = 2500  # S_init (conf/method/*.yaml: ${offline.steps})
+    ``init_steps`` has no default here: its default is the root ``offline`` node's
+    (``adalfl.config.OfflineConfig``), which conf/method/*.yaml interpolate (``${offline.steps}``)."""
+
+    backend: Backend = Backend.func  # func (torch.func, default) | higher
+    init_steps: int  # S_init: conf/method/*.yaml set ${offline.steps} (ML3: ${offline.ml3_steps})
     init_lr: float = 1e-3  # Adam, offline (paper)
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
+        self.backend = choice(Backend, self.backend, "method.meta.backend")
         if self.init_steps < 0:
             raise ConfigError(f"method.meta.init_steps must be >= 0, got {self.init_steps}")
         if self.init_lr < 0:
             raise ConfigError(f"method.meta.init_lr must be >= 0, got {self.init_lr}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OnlineMetaConfig(OfflineMetaConfig):
     """``method.meta`` of a method with an online phase too (Algorithms 2 and 4): AdaLFL, metalr."""
 
     online_lr: float = 1e-5  # Adam, online (paper's eta)
 
-    def check(self) -> None:
-        super().check()
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.online_lr < 0:
             raise ConfigError(f"method.meta.online_lr must be >= 0, got {self.online_lr}")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,25 +30,29 @@ from adalfl.methods.metalearning import OfflineMetaTraining, OnlineMetaConfig, O
 from adalfl.track.plots import meta_learning_rate
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MetaLRConfig(MethodConfig):
+    """``method`` of conf/method/metalr.yaml: its schema and what ``MetaLR`` receives."""
+
     _target_: str = "adalfl.methods.metalr.MetaLR"
     name: str = "metalr"
-    meta: OnlineMetaConfig = field(default_factory=OnlineMetaConfig)
+    meta: OnlineMetaConfig  # no default: init_steps comes from the offline node (the YAML's ${offline.steps})
     initial_lr: float | None = None  # alpha before Algorithm 3; None = optimizer.lr
+
+    def __post_init__(self) -> None:
+        if self.initial_lr is not None and not self.initial_lr > 0:
+            raise ConfigError(f"method.initial_lr must be positive (or null), got {self.initial_lr}")
 
 
 CONFIG_SCHEMA = MetaLRConfig
 
 
 class MetaLR(Method):
-    def __init__(self, name: str, meta: dict, initial_lr: float | None = None) -> None:
-        super().__init__(name)
-        self.meta_cfg = OnlineMetaConfig(**meta)
-        self.meta_cfg.check()
-        if initial_lr is not None and not initial_lr > 0:
-            raise ConfigError(f"method.initial_lr must be positive (or null), got {initial_lr}")
-        self.initial_lr = initial_lr
+    def __init__(self, config: MetaLRConfig) -> None:
+        super().__init__(config.name)
+        self.config = config
+        self.meta_cfg = config.meta
+        self.initial_lr = config.initial_lr
         self.engine = make_engine(self.meta_cfg.backend)
         self.log_lr: torch.Tensor | None = None
         self.base_lr = 1.0  # optimizer.lr: the schedule's value divided by it is the schedule factor

@@ -18,13 +18,14 @@ import itertools
 import math
 import pickle
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from adalfl import preemption
-from adalfl.config import ConfigError, MethodConfig
+from adalfl.config import ConfigError, MethodConfig, choice
 from adalfl.core import JobContext, evaluate
 from adalfl.data import BatchSampler
 from adalfl.losses.learned import OutputWiseLoss, TaylorPolynomial
@@ -38,24 +39,54 @@ from adalfl.track.progress import ProgressLog
 NONFINITE_FITNESS = 1e10
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CMAESConfig:
-    population: int = 28  # candidates per generation (conf/method/taylorglo.yaml: ${offline.population})
-    generations: int = 20  # (${offline.generations})
+    """``method.cmaes``. The budget has no defaults here: they are the root ``offline`` node's
+    (``adalfl.config.OfflineConfig``), which conf/method/taylorglo.yaml interpolates."""
+
+    population: int  # candidates per generation (conf/method/taylorglo.yaml: ${offline.population})
+    generations: int  # (${offline.generations})
     sigma: float = 1.2  # initial step size of the search distribution
-    partial_steps: int = 250  # base steps of one candidate's partial training (${offline.partial_steps})
+    partial_steps: int  # base steps of one candidate's partial training (${offline.partial_steps})
+
+    def __post_init__(self) -> None:
+        if self.population < 2 or self.generations < 0 or self.partial_steps < 1 or not self.sigma > 0:
+            raise ConfigError("method.cmaes needs population >= 2, generations >= 0, partial_steps >= 1, sigma > 0; "
+                              f"got {self.population}, {self.generations}, {self.partial_steps}, {self.sigma}")
 
 
-@dataclass
+class Search(str, Enum):
+    """``method.search``: how the polynomial is learned."""
+
+    cmaes = "cmaes"  # TaylorGLO's CMA-ES over partial trainings
+    gradient = "gradient"  # unrolled meta-gradients, as ML3
+
+
+class PolynomialInit(str, Enum):
+    """``method.init``: the polynomial the search starts from."""
+
+    squared_error = "squared_error"  # (x - y)^2
+    zeros = "zeros"  # the all-zero polynomial (author's code)
+
+
+@dataclass(kw_only=True)
 class TaylorGLOConfig(MethodConfig):
+    """``method`` of conf/method/taylorglo.yaml: its schema and what ``TaylorGLO`` receives."""
+
     _target_: str = "adalfl.methods.taylorglo.TaylorGLO"
     name: str = "taylorglo"
-    search: str = "cmaes"  # cmaes | gradient
-    init: str = "squared_error"  # squared_error | zeros: the polynomial the search starts from
-    cmaes: CMAESConfig = field(default_factory=CMAESConfig)
-    meta: OfflineMetaConfig = field(default_factory=OfflineMetaConfig)  # search=gradient
+    search: Search = Search.cmaes
+    init: PolynomialInit = PolynomialInit.squared_error
+    cmaes: CMAESConfig  # no default: its budget comes from the offline node (${offline.*} in the YAML)
+    meta: OfflineMetaConfig  # search=gradient; no default: init_steps is the YAML's ${offline.steps}
     plot_every: int = 0
     dead_loss: DeadLossConfig = field(default_factory=DeadLossConfig)
+
+    def __post_init__(self) -> None:
+        self.search = choice(Search, self.search, "method.search")
+        self.init = choice(PolynomialInit, self.init, "method.init")
+        if self.plot_every < 0:
+            raise ConfigError(f"method.plot_every must be >= 0, got {self.plot_every}")
 
 
 CONFIG_SCHEMA = TaylorGLOConfig
@@ -223,33 +254,25 @@ class PartialTraining:
 
 
 class TaylorGLO(OfflineLearnedLoss):
-    def __init__(self, name: str, search: str, init: str, cmaes: dict, meta: dict, plot_every: int = 0,
-                 dead_loss: dict | None = None) -> None:
-        super().__init__(name, plot_every, dead_loss, "The search found a polynomial that cannot train: "
-                         "try more method.cmaes.generations or another method.init")
-        if search not in ("cmaes", "gradient"):
-            raise ConfigError(f"method.search must be cmaes or gradient, got {search!r}")
-        if init not in ("squared_error", "zeros"):
-            raise ConfigError(f"method.init must be squared_error or zeros, got {init!r}")
-        self.search_name, self.init = search, init
-        self.cmaes_cfg = CMAESConfig(**cmaes)
-        self.meta_cfg = OfflineMetaConfig(**meta)
-        c = self.cmaes_cfg
-        if c.population < 2 or c.generations < 0 or c.partial_steps < 1 or not c.sigma > 0:
-            raise ConfigError("method.cmaes needs population >= 2, generations >= 0, partial_steps >= 1, sigma > 0")
-        self.meta_cfg.check()
+    def __init__(self, config: TaylorGLOConfig) -> None:
+        super().__init__(config.name, config.plot_every, config.dead_loss, "The search found a polynomial that "
+                         "cannot train: try more method.cmaes.generations or another method.init")
+        self.config = config
+        self.search_name, self.init = config.search, config.init
+        self.cmaes_cfg = config.cmaes
+        self.meta_cfg = config.meta
         self.engine = make_engine(self.meta_cfg.backend)
         self.offline_run = OfflineMetaTraining()  # search=gradient
         self.cmaes: CMAESSearch | None = None  # search=cmaes, built from the loss's start in search()
         self._cmaes_state: dict | None = None  # restored, waiting for search() to build the search
 
     def build_loss(self, job: JobContext) -> OutputWiseLoss:
-        theta = TaylorPolynomial.squared_error() if self.init == "squared_error" else None
+        theta = TaylorPolynomial.squared_error() if self.init is PolynomialInit.squared_error else None
         return build_loss(job.task, TaylorPolynomial(theta), job.device)
 
     def search(self, job: JobContext, loss: OutputWiseLoss) -> tuple[str, int]:
         theta = loss.pointwise.theta
-        if self.search_name == "gradient":
+        if self.search_name is Search.gradient:
             steps = self.meta_cfg.init_steps
             self.offline_run.run(job, self.engine, [theta], loss, steps, self.meta_cfg.init_lr,
                                  extra_scalars=lambda: self._theta_scalars(theta))
@@ -294,7 +317,7 @@ class TaylorGLO(OfflineLearnedLoss):
         return f"Taylor loss before / after {c.generations} CMA-ES generations", c.generations
 
     def search_state_dict(self) -> dict:
-        if self.search_name == "gradient":
+        if self.search_name is Search.gradient:
             return {"gradient": self.offline_run.state_dict()}
         state = self.cmaes.state_dict() if self.cmaes is not None else self._cmaes_state
         return {"cmaes": state}
