@@ -42,7 +42,7 @@ def tiny(*overrides: str) -> DictConfig:
     cfg = compose_config("logger=none", "dataset.steps=40", "dataset.eval_interval=20", "dataset.log_interval=5",
                          *method, *overrides)
     with open_dict(cfg):
-        cfg.progress = False
+        cfg.runtime.progress = False
     return cfg
 
 

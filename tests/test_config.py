@@ -86,7 +86,7 @@ def test_wrong_type_is_rejected_with_its_name() -> None:
     [("optimizer.lr=-1", "optimizer.lr"), ("optimizer.lr=0", "optimizer.lr"),
      ("dataset.steps=0", "dataset.steps"), ("dataset.batch_size=-4", "dataset.batch_size"),
      ("logger.mode=sometimes", "logger.mode"), ("optimizer.nesterov=true", "optimizer.nesterov"),
-     ("cpu_memory=keep", "cpu_memory")],
+     ("runtime.cpu_memory=keep", "cpu_memory")],
 )
 def test_unusable_values_are_refused_before_compute(override: str, key: str, job_dir: Path) -> None:
     cfg = tiny(override)

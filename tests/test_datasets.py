@@ -483,7 +483,7 @@ def test_dataset_config_rejects_unknown_keys() -> None:
 
 def _one_step(cfg: DictConfig, out: Path) -> dict:
     with open_dict(cfg):
-        cfg.progress = False
+        cfg.runtime.progress = False
         cfg.dataset.steps = 2
         cfg.dataset.eval_interval = 2
         cfg.dataset.log_interval = 1
@@ -604,7 +604,7 @@ def test_a_new_dataset_is_one_yaml_file(name: str, text: str, write, tmp_path: P
     write(tmp_path / "data")
     job = tmp_path / "job"
     proc = run_main([_search_path(conf), f"dataset={name}", f"dataset.root={tmp_path / 'data'}", "method=ce",
-                     "logger=none", "progress=false", "checkpoint.every=0", f"hydra.run.dir={job}"], cwd=tmp_path)
+                     "logger=none", "runtime.progress=false", "checkpoint.every=0", f"hydra.run.dir={job}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "done" and result["dataset"] == name

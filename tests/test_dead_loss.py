@@ -13,7 +13,7 @@ from adalfl.methods.learned_loss import DeadLossConfig, DeadLossError, DeadLossM
 
 from conftest import tiny
 
-FAST = ("model.widths=[32,32]", "threads=1", "offline.steps=20", "dataset.eval_interval=50")
+FAST = ("model.widths=[32,32]", "runtime.threads=1", "offline.steps=20", "dataset.eval_interval=50")
 
 
 def test_monitor_fails_after_patience_consecutive_dead_steps_only() -> None:

@@ -264,8 +264,8 @@ def test_metalr_with_frozen_lr_is_plain_sgd_and_the_schedule_multiplies_the_lear
 def test_smoke_sweep_over_every_method(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = run_main(["-m", "dataset=diabetes,digits", "method=ce,ml3,taylorglo,adalfl,metalr", "seed=0",
-                     "+experiment=smoke", "threads=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
-    # threads=1: about 20 s; two torch threads per job on a busy 2-core machine took minutes.
+                     "+experiment=smoke", "runtime.threads=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    # runtime.threads=1: about 20 s; two torch threads per job on a busy 2-core machine took minutes.
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
     assert len(results) == 10
