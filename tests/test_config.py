@@ -115,3 +115,16 @@ def test_data_is_loaded_as_device_tensors() -> None:
     data = load_data(cfg.dataset, torch.device("cpu"))
     assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.long
 
+
+
+def test_help_shows_the_app_and_its_real_options_only(tmp_path: Path) -> None:
+    proc = run_main(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("AdaLFL reproducibility suite")
+    assert "python main.py -m dataset=diabetes,digits" in out and "README.md" in out
+    options = dict(line.split(": ", 1) for line in out.splitlines() if line.startswith(("dataset: ", "method: ")))
+    assert "digits" in options["dataset"].split(", ")
+    assert "adalfl" in options["method"].split(", ")
+    assert "_schema" not in out  # schemas are no options (adalfl.configstore)
+    assert "runtime:" in out and "\nthreads:" not in out

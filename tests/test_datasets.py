@@ -522,7 +522,7 @@ def test_kmnist_reads_its_idx_files(tmp_path: Path) -> None:
 EMNIST_YAML = """\
 # A set this repository does not ship: EMNIST's 47-class "balanced" split, one YAML, no Python.
 defaults:
-  - dataset_schema
+  - /dataset_schema
   - override /model@_global_.model: lenet5
   - _self_
 name: emnist_balanced
@@ -542,7 +542,7 @@ lr: 0.01
 CSV_YAML = """\
 # A CSV with a header row: a named target that is not the last column, an id and a text column dropped.
 defaults:
-  - dataset_schema
+  - /dataset_schema
   - override /model@_global_.model: mlp_small
   - _self_
 name: toy_csv
