@@ -12,7 +12,8 @@ from omegaconf import open_dict
 from adalfl.app import run
 from adalfl.train.loop import NonFiniteLossError
 
-from conftest import run_main, tiny
+from helpers import tiny
+from mainproc import run_main
 
 REQUIRED_KEYS = {
     "status", "method", "dataset", "model", "seed", "metric_name", "test_metric", "best_val_metric",

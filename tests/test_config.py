@@ -14,7 +14,8 @@ from adalfl.config import ConfigError, validate
 from adalfl.core import Method
 from adalfl.data import load_data
 
-from conftest import CONF, compose_config, run_main, tiny
+from helpers import CONF, compose_config, tiny
+from mainproc import run_main
 
 
 def _options(group: str) -> list[str]:

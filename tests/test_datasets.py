@@ -598,7 +598,7 @@ def _search_path(conf: Path) -> str:
 def test_a_new_dataset_is_one_yaml_file(name: str, text: str, write, tmp_path: Path) -> None:
     """A dataset YAML in another config folder (on Hydra's search path) and its files in their real
     format: `python main.py dataset=<name>` trains on it, with no Python written."""
-    from conftest import run_main
+    from mainproc import run_main
 
     conf = write_config_dir(tmp_path, name, text)
     write(tmp_path / "data")

@@ -11,7 +11,7 @@ import pytest
 from adalfl.app import run
 from adalfl.methods.learned_loss import DeadLossConfig, DeadLossError, DeadLossMonitor
 
-from conftest import tiny
+from helpers import tiny
 
 FAST = ("model.widths=[32,32]", "runtime.threads=1", "offline.steps=20", "dataset.eval_interval=50")
 

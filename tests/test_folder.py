@@ -20,7 +20,8 @@ from adalfl.train.folder import (
     ConfigMismatch, FolderInUse, config_identity, differences, fingerprint, folder_lock,
 )
 
-from conftest import REPO, run_main, tiny
+from helpers import REPO, tiny
+from mainproc import run_main
 
 FAST = ("model.widths=[32,32]", "runtime.threads=1", "dataset.steps=30", "dataset.eval_interval=10", "checkpoint.every=10")
 

@@ -19,7 +19,7 @@ from adalfl.meta import make_engine
 from adalfl.meta.sgd import SGDHyper, sgd_update
 from adalfl.meta.stateless import replaced
 from adalfl.meta.tangent import ForwardRecord
-from conftest import TEST_DEVICE
+from helpers import TEST_DEVICE
 
 TASK = Task("classification", 3)
 SGD_KW = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)

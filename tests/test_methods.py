@@ -19,7 +19,8 @@ from adalfl.methods.taylorglo import PartialTraining, TaylorGLO, cmaes_minimise
 from adalfl.track.metrics import Tracker
 from adalfl.train.loop import fit
 
-from conftest import compose_config, run_main, tiny
+from helpers import compose_config, tiny
+from mainproc import run_main
 
 # Small offline budgets that keep each job to a few seconds.
 FAST = ("offline.steps=10", "offline.population=4", "offline.generations=2", "offline.partial_steps=5")

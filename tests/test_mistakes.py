@@ -15,7 +15,8 @@ from adalfl import app
 from adalfl.app import run
 from adalfl.config import ConfigError
 
-from conftest import REPO, run_main, tiny
+from helpers import REPO, tiny
+from mainproc import run_main
 
 FAST = ("model.widths=[32,32]", "runtime.threads=1", "dataset.steps=20")
 
@@ -143,7 +144,7 @@ def test_a_bug_in_a_model_keeps_its_traceback(tmp_path: Path, job_dir: Path, mon
     assert "self.scale = 1 / 0" in result["traceback"]
     # As a user runs it: Hydra prints the traceback, main.py does not turn it into "error: ..."
     proc = run_main(["logger=none", "runtime.threads=1", "dataset.steps=20", "model._target_=broken_model.Broken"],
-                    cwd=tmp_path, env={"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{tmp_path}"})
+                    cwd=tmp_path, extra_env={"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{tmp_path}"})
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert 'broken_model.py", line 8, in __init__' in proc.stderr

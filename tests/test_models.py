@@ -25,7 +25,7 @@ from adalfl.config import ConfigError, model_name
 from adalfl.configstore import register_configs
 from adalfl.models import reset_parameters
 from adalfl.sweep.resolvers import register_resolvers
-from conftest import TEST_DEVICE
+from helpers import TEST_DEVICE
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

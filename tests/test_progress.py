@@ -14,7 +14,7 @@ from adalfl.app import run
 from adalfl.track import progress as progress_module
 from adalfl.track.progress import ProgressLog, format_duration
 
-from conftest import tiny
+from helpers import tiny
 
 
 class FakeClock:

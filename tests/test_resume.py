@@ -179,7 +179,7 @@ def test_sigkill_mid_run_then_restart_gives_identical_metrics(tmp_path: Path) ->
     job = ["dataset=digits", "method=ce", "logger=none", "runtime.progress=false", "runtime.threads=1", "dataset.steps=700",
            "checkpoint.every=100", "dataset.eval_interval=50"]  # fmt: skip
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    run_main([*job, f"hydra.run.dir={reference}"])
+    run_main([*job, f"hydra.run.dir={reference}"], check=True)
 
     child = start_main([*job, f"hydra.run.dir={killed}"], tmp_path / "killed.log")
     deadline = time.monotonic() + 120
@@ -197,7 +197,7 @@ def test_sigkill_mid_run_then_restart_gives_identical_metrics(tmp_path: Path) ->
     assert not (killed / "result.json").exists() or read_result(killed).status != "done"
     assert max(r["step"] for r in read_metrics(killed)) >= 350
 
-    proc = run_main([*job, f"hydra.run.dir={killed}"])
+    proc = run_main([*job, f"hydra.run.dir={killed}"], check=True)
     assert "resuming from" in proc.stdout + proc.stderr + (killed / "main.log").read_text()
     assert read_metrics(killed) == read_metrics(reference)
     assert result_metrics(killed) == result_metrics(reference)
@@ -212,6 +212,7 @@ def test_local_launcher_runs_a_sweep_with_two_workers(tmp_path: Path) -> None:
          "logger=wandb", "logger.mode=offline", "runtime.progress=false", "dataset.steps=100",
          f"hydra.sweep.dir={sweep}"],  # fmt: skip
         multirun=True,
+        check=True,
     )
     jobs = sorted(p.parent for p in sweep.glob("*/result.json"))
     assert len(jobs) == 2 and "dataset=diabetes" in jobs[0].name and "dataset=digits" in jobs[1].name
@@ -360,7 +361,7 @@ def test_sigkill_in_the_offline_phase_then_restart_gives_identical_metrics(tmp_p
     job = ["dataset=digits", "method=adalfl", "logger=none", "runtime.progress=false", "runtime.threads=1", "model.widths=[32,32]",
            "dataset.steps=20", "dataset.eval_interval=10", "offline.steps=400", "checkpoint.every=50"]  # fmt: skip
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    run_main([*job, f"hydra.run.dir={reference}"])
+    run_main([*job, f"hydra.run.dir={reference}"], check=True)
     child = start_main([*job, f"hydra.run.dir={killed}"], tmp_path / "killed.log")
     deadline = time.monotonic() + 120
     metrics = killed / "metrics.jsonl"
@@ -375,7 +376,7 @@ def test_sigkill_in_the_offline_phase_then_restart_gives_identical_metrics(tmp_p
         child.wait(timeout=60)
     assert not (killed / "result.json").exists()
     assert not ckpt.Checkpointer(killed).load()["progress"]["offline_done"]
-    proc = run_main([*job, f"hydra.run.dir={killed}"])
+    proc = run_main([*job, f"hydra.run.dir={killed}"], check=True)
     assert "at the offline phase" in proc.stdout + proc.stderr + (killed / "main.log").read_text()
     assert read_metrics(killed) == read_metrics(reference)
     assert result_metrics(killed) == result_metrics(reference)

@@ -42,6 +42,7 @@ def test_slurm_sweep_every_job_finishes(tmp_path: Path) -> None:
          "logger=wandb", "logger.mode=offline", "runtime.progress=false", f"hydra.sweep.dir={sweep}"],  # fmt: skip
         multirun=True,
         timeout=600,
+        check=True,
     )
     jobs = sorted(p.parent for p in sweep.glob("*/config_resolved.yaml"))
     assert len(jobs) == 2, list(sweep.iterdir())
@@ -59,7 +60,7 @@ def test_preempted_job_is_requeued_into_its_folder_and_resumes(tmp_path: Path) -
     job = ["dataset=digits", "method=ce", "seed=0", "logger=none", "runtime.progress=false", "dataset.steps=1500",
            "checkpoint.every=100", "dataset.eval_interval=50"]  # fmt: skip
     reference = tmp_path / "reference"
-    run_main([*job, "runtime.threads=1", f"hydra.run.dir={reference}"])  # Slurm jobs get 1 thread (cpus_per_task)
+    run_main([*job, "runtime.threads=1", f"hydra.run.dir={reference}"], check=True)  # Slurm jobs get 1 thread (cpus_per_task)
 
     name = f"adalfl-preempt-{os.getpid()}"
     sweep = tmp_path / "sweep"

@@ -18,7 +18,8 @@ from adalfl.app import run
 from adalfl.sweep import report
 from adalfl.track.wandb_report import CSV_NUMBERS, csv_table, publish
 
-from conftest import REPO, run_main, tiny
+from helpers import REPO, tiny
+from mainproc import run_main
 from wandb_files import OfflineRun, offline_runs
 
 

@@ -150,7 +150,7 @@ class RuntimeConfig:
 MOVED_KEYS = {name: f"runtime.{name}" for name in RuntimeConfig.__dataclass_fields__}
 
 
-def moved_key_hint(overrides: List[str]) -> Optional[str]:
+def moved_key_hint(overrides: list[str]) -> str | None:
     """One line naming the first command-line override that uses a moved key, with its new name."""
     for override in overrides:
         key, eq, value = override.partition("=")
