@@ -31,6 +31,17 @@ def ignore_known_warnings() -> None:
     )
 
 
+def refuse_moved_keys(argv: list[str]) -> None:
+    """An override of a key that moved (``threads=1``, now ``runtime.threads=1``): one line naming
+    the new key, before Hydra composes anything."""
+    from adalfl.config import moved_key_hint
+
+    hint = moved_key_hint([a for a in argv if not a.startswith("-")])
+    if hint is not None:
+        print(f"error: {hint}", file=sys.stderr)
+        sys.exit(2)
+
+
 ignore_known_warnings()
 register_configs()
 register_resolvers()
@@ -59,4 +70,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    refuse_moved_keys(sys.argv[1:])
     main()

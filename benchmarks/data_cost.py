@@ -104,7 +104,7 @@ def measure(shape: tuple[int, int, int], augment: list[str], cfg: dict, device: 
 
 def main(argv: list[str]) -> dict:
     cfg = settings_from_argv(SETTINGS, argv)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg["device"], "device")
     if cfg["threads"] > 0:
         torch.set_num_threads(cfg["threads"])
     result = {

@@ -195,7 +195,7 @@ def main(argv: list[str]) -> dict:
     cfg = settings_from_argv(SETTINGS, argv)
     if cfg["threads"] > 0:
         torch.set_num_threads(cfg["threads"])
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg["device"], "device")
     if cfg["only"]:  # memory: freed blocks must go back to the OS (see memory()), so no cpu_memory here
         name, method, backend = cfg["only"].split(":")
         return {"peak_mb": memory_one(name, method, backend, cfg, device)}

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEP = ["dataset=diabetes,digits", "method=ce", "seed=0,1", "logger=none", "progress=false"]
+SWEEP = ["dataset=diabetes,digits", "method=ce", "seed=0,1", "logger=none", "runtime.progress=false"]
 
 
 def parse_args(argv: list[str]) -> dict[str, int]:
@@ -69,7 +69,7 @@ def main() -> None:
         "basic (sequential)": [],
         # The same one-after-another sweep with one thread per job: separates the gain of running
         # jobs side by side from the cost of PyTorch's threads competing for busy cores.
-        "basic, threads=1": ["threads=1"],
+        "basic, runtime.threads=1": ["runtime.threads=1"],
         f"local, n_jobs={opts['n_jobs']}": ["hydra/launcher=local", f"hydra.launcher.n_jobs={opts['n_jobs']}"],
     }
     walls: dict[str, list[float]] = {name: [] for name in launchers}

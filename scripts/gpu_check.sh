@@ -26,7 +26,7 @@ tail -n 12 "$out/step_cost_cuda.log"
 
 job=$(mktemp -d)
 start=$EPOCHREALTIME
-"$python" main.py device=cuda logger=none progress=false hydra.run.dir="$job" >"$out/default_job.log" 2>&1
+"$python" main.py runtime.device=cuda logger=none runtime.progress=false hydra.run.dir="$job" >"$out/default_job.log" 2>&1
 default_job=$?
 echo "default job: exit $default_job, $(awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $start }") s wall" | tee -a "$out/default_job.log"
 cp "$job/result.json" "$out/default_job_result.json" 2>/dev/null

@@ -22,7 +22,7 @@ job() {  # job DATASET METHOD NAME SEED overrides...
     local dir="$OUT/$ds/$name/s$seed"
     [ -f "$dir/result.json" ] && grep -q '"status": "done"' "$dir/result.json" && return 0
     mkdir -p "$dir"
-    "$PY" main.py dataset="$ds" method="$method" seed="$seed" logger=none threads=1 progress=false \
+    "$PY" main.py dataset="$ds" method="$method" seed="$seed" logger=none runtime.threads=1 runtime.progress=false \
         checkpoint.every=0 hydra.run.dir="$dir" "$@" > "$dir.log" 2>&1 || echo "failed: $dir (see $dir.log)"
 }
 export -f job; export OUT PY

@@ -43,7 +43,7 @@ def fashion_available(root: Path) -> bool:
 def run_sweep(dataset: str, overrides: list[str], seeds: list[int], out: Path) -> None:
     cmd = [
         sys.executable, str(REPO / "main.py"), "-m", f"dataset={dataset}", "method=ce,adalfl",
-        f"seed={','.join(map(str, seeds))}", "logger=none", "progress=false", "checkpoint.every=0",
+        f"seed={','.join(map(str, seeds))}", "logger=none", "runtime.progress=false", "checkpoint.every=0",
         "hydra/launcher=local", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={out / dataset}", *overrides,
     ]
     print("$", " ".join(cmd[1:]), flush=True)

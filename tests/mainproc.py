@@ -1,5 +1,5 @@
-"""Start ``main.py`` in a child process, as a user would, for the tests that need a real process:
-SIGKILL, launchers that spawn workers, Slurm."""
+"""Start ``main.py`` in a child process, as a user would: ``run_main`` (to completion) for every test
+that runs main.py, ``start_main`` for the ones that need the live process (SIGKILL, Slurm)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,19 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
+
+from helpers import REPO
 
 from adalfl.result import Result
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def env() -> dict[str, str]:
-    """This checkout's sources first on the path (also for workers the launchers start), W&B offline."""
+def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This checkout's sources first on the path (also for workers the launchers start), W&B quiet."""
     out = dict(os.environ)
     out["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
-    out.update(WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1")
+    out.update(WANDB_SILENT="true", **(extra or {}))
     return out
 
 
@@ -27,12 +27,23 @@ def command(overrides: Sequence[str], multirun: bool = False) -> list[str]:
     return [sys.executable, str(REPO / "main.py"), *(["-m"] if multirun else []), *overrides]
 
 
-def run_main(overrides: Sequence[str], multirun: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run to completion; fails the test with the child's output if it does not exit cleanly."""
+def run_main(
+    args: Sequence[str],
+    cwd: Path = REPO,
+    timeout: float = 300,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    multirun: bool = False,
+    check: bool = False,
+) -> subprocess.CompletedProcess:
+    """Run `python main.py [-m] <args>` in ``cwd`` as a user would, to completion, output captured.
+    ``check``: fail the test with the child's output unless it exits 0 (otherwise the caller reads
+    ``returncode``, for the tests of what a user sees when a job fails)."""
     proc = subprocess.run(
-        command(overrides, multirun), cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout
+        command(args, multirun), cwd=cwd, env=env(extra_env), capture_output=True, text=True, timeout=timeout
     )
-    assert proc.returncode == 0, f"main.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    if check:
+        assert proc.returncode == 0, f"main.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
 
 

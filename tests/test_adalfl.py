@@ -17,7 +17,7 @@ from adalfl.methods.base import FixedLossMethod
 from adalfl.track.metrics import Tracker
 from adalfl.train.loop import NonFiniteLossError, fit
 
-from conftest import tiny
+from helpers import tiny
 
 
 def _records(job_dir: Path, phase: str | None = None) -> list[dict]:

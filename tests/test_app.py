@@ -12,7 +12,8 @@ from omegaconf import open_dict
 from adalfl.app import run
 from adalfl.train.loop import NonFiniteLossError
 
-from conftest import run_main, tiny
+from helpers import tiny
+from mainproc import run_main
 
 REQUIRED_KEYS = {
     "status", "method", "dataset", "model", "seed", "metric_name", "test_metric", "best_val_metric",
@@ -33,7 +34,7 @@ def test_job_leaves_results_metrics_and_curves(dataset: str, metric: str, job_di
     assert result["test_metric"] == test_metric
     assert result["dataset"] == dataset and result["method"] == "ce" and result["model"] == "mlp"
     assert {"train", "eval", "offline", "total"} <= result["wall_time_s"].keys()
-    assert result["cpu_memory_reuse"] is sys.platform.startswith("linux")  # glibc took cpu_memory=reuse
+    assert result["cpu_memory_reuse"] is sys.platform.startswith("linux")  # glibc took runtime.cpu_memory=reuse
     records = _metrics(job_dir)
     assert [r["step"] for r in records] == list(range(5, 45, 5))  # one record per logged step
     assert records[-1][f"test/{metric}"] == pytest.approx(test_metric)
@@ -77,7 +78,7 @@ def test_finished_job_is_skipped(job_dir: Path) -> None:
 def test_device_is_recorded(job_dir: Path) -> None:
     cfg = tiny()
     with open_dict(cfg):
-        cfg.device = "cpu"
+        cfg.runtime.device = "cpu"
     run(cfg, out_dir=job_dir)
     assert json.loads((job_dir / "result.json").read_text())["device"] == "cpu"
 
@@ -86,7 +87,7 @@ def test_adalfl_job_prints_no_future_warning(tmp_path: Path) -> None:
     """PyTorch's `torch.jit.script is deprecated` FutureWarning (raised when the first jvp scripts its
     decompositions) is filtered by main.py; nothing else is, so any other warning still shows."""
     proc = run_main(["+experiment=smoke", "dataset=digits", "method=adalfl", "dataset.steps=10", "offline.steps=2",
-                     "logger=none", "progress=false", f"hydra.run.dir={tmp_path}/job"], cwd=tmp_path)
+                     "logger=none", "runtime.progress=false", f"hydra.run.dir={tmp_path}/job"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "job" / "result.json").read_text())["status"] == "done"
     assert "FutureWarning" not in proc.stderr, proc.stderr

@@ -22,7 +22,8 @@ from adalfl.data import load_data
 from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.methods.learned_loss import LossNetConfig
 
-from conftest import CONF, compose_config, run_main, tiny
+from helpers import CONF, compose_config, tiny
+from mainproc import run_main
 
 
 def _options(group: str) -> list[str]:
@@ -162,7 +163,7 @@ def test_wrong_type_is_rejected_with_its_name() -> None:
     [("optimizer.lr=-1", "optimizer.lr"), ("optimizer.lr=0", "optimizer.lr"),
      ("dataset.steps=0", "dataset.steps"), ("dataset.batch_size=-4", "dataset.batch_size"),
      ("logger.mode=sometimes", "logger.mode"), ("optimizer.nesterov=true", "optimizer.nesterov"),
-     ("cpu_memory=keep", "cpu_memory")],
+     ("runtime.cpu_memory=keep", "cpu_memory")],
 )
 def test_unusable_values_are_refused_before_compute(override: str, key: str, job_dir: Path) -> None:
     cfg = tiny(override)
@@ -191,3 +192,16 @@ def test_data_is_loaded_as_device_tensors() -> None:
     data = load_data(cfg.dataset, torch.device("cpu"))
     assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.long
 
+
+
+def test_help_shows_the_app_and_its_real_options_only(tmp_path: Path) -> None:
+    proc = run_main(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("AdaLFL reproducibility suite")
+    assert "python main.py -m dataset=diabetes,digits" in out and "README.md" in out
+    options = dict(line.split(": ", 1) for line in out.splitlines() if line.startswith(("dataset: ", "method: ")))
+    assert "digits" in options["dataset"].split(", ")
+    assert "adalfl" in options["method"].split(", ")
+    assert "_schema" not in out  # schemas are no options (adalfl.configstore)
+    assert "runtime:" in out and "\nthreads:" not in out

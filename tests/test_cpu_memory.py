@@ -1,4 +1,4 @@
-"""cpu_memory=reuse: freed tensor memory stays in the process, so a training step does not fault
+"""runtime.cpu_memory=reuse: freed tensor memory stays in the process, so a training step does not fault
 its pages back in from the kernel every time (see src/adalfl/cpu_memory.py)."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from sklearn import datasets
 
 from adalfl.data import BatchSampler, Split, load_data
 
-from conftest import compose_config
+from helpers import compose_config
 
 
 def _load(name: str):

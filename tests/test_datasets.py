@@ -483,7 +483,7 @@ def test_dataset_config_rejects_unknown_keys() -> None:
 
 def _one_step(cfg: DictConfig, out: Path) -> dict:
     with open_dict(cfg):
-        cfg.progress = False
+        cfg.runtime.progress = False
         cfg.dataset.steps = 2
         cfg.dataset.eval_interval = 2
         cfg.dataset.log_interval = 1
@@ -522,7 +522,7 @@ def test_kmnist_reads_its_idx_files(tmp_path: Path) -> None:
 EMNIST_YAML = """\
 # A set this repository does not ship: EMNIST's 47-class "balanced" split, one YAML, no Python.
 defaults:
-  - dataset_schema
+  - /dataset_schema
   - override /model@_global_.model: lenet5
   - _self_
 name: emnist_balanced
@@ -542,7 +542,7 @@ lr: 0.01
 CSV_YAML = """\
 # A CSV with a header row: a named target that is not the last column, an id and a text column dropped.
 defaults:
-  - dataset_schema
+  - /dataset_schema
   - override /model@_global_.model: mlp_small
   - _self_
 name: toy_csv
@@ -598,13 +598,13 @@ def _search_path(conf: Path) -> str:
 def test_a_new_dataset_is_one_yaml_file(name: str, text: str, write, tmp_path: Path) -> None:
     """A dataset YAML in another config folder (on Hydra's search path) and its files in their real
     format: `python main.py dataset=<name>` trains on it, with no Python written."""
-    from conftest import run_main
+    from mainproc import run_main
 
     conf = write_config_dir(tmp_path, name, text)
     write(tmp_path / "data")
     job = tmp_path / "job"
     proc = run_main([_search_path(conf), f"dataset={name}", f"dataset.root={tmp_path / 'data'}", "method=ce",
-                     "logger=none", "progress=false", "checkpoint.every=0", f"hydra.run.dir={job}"], cwd=tmp_path)
+                     "logger=none", "runtime.progress=false", "checkpoint.every=0", f"hydra.run.dir={job}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "done" and result["dataset"] == name

@@ -11,9 +11,9 @@ import pytest
 from adalfl.app import run
 from adalfl.methods.learned_loss import DeadLossConfig, DeadLossError, DeadLossMonitor
 
-from conftest import tiny
+from helpers import tiny
 
-FAST = ("model.widths=[32,32]", "threads=1", "offline.steps=20", "dataset.eval_interval=50")
+FAST = ("model.widths=[32,32]", "runtime.threads=1", "offline.steps=20", "dataset.eval_interval=50")
 
 
 def test_monitor_fails_after_patience_consecutive_dead_steps_only() -> None:

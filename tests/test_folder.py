@@ -20,9 +20,10 @@ from adalfl.train.folder import (
     ConfigMismatch, FolderInUse, config_identity, differences, fingerprint, folder_lock,
 )
 
-from conftest import REPO, run_main, tiny
+from helpers import REPO, tiny
+from mainproc import run_main
 
-FAST = ("model.widths=[32,32]", "threads=1", "dataset.steps=30", "dataset.eval_interval=10", "checkpoint.every=10")
+FAST = ("model.widths=[32,32]", "runtime.threads=1", "dataset.steps=30", "dataset.eval_interval=10", "checkpoint.every=10")
 
 
 def job(*overrides: str):
@@ -50,9 +51,9 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
 
 def test_identity_leaves_out_run_time_switches_only() -> None:
     base = config_identity(job())
-    switched = job("threads=2", "device=cpu", "progress=true", "checkpoint.every=3", "checkpoint.resume=false",
-                   "logger=wandb", "logger.mode=disabled", "logger.project=x", "cpu_memory=system",
-                   "channels_last=false", "deterministic=true", "restart=true", "dataset.root=/elsewhere")
+    switched = job("runtime.threads=2", "runtime.device=cpu", "runtime.progress=true", "checkpoint.every=3", "checkpoint.resume=false",
+                   "logger=wandb", "logger.mode=disabled", "logger.project=x", "runtime.cpu_memory=system",
+                   "runtime.channels_last=false", "runtime.deterministic=true", "restart=true", "dataset.root=/elsewhere")
     assert config_identity(switched) == base
     assert fingerprint(config_identity(switched)) == fingerprint(base)
     for changed in ("optimizer.lr=0.1", "seed=1", "dataset.steps=31", "model.widths=[32,16]", "offline.steps=3"):
@@ -76,7 +77,7 @@ def test_finished_job_rerun_with_another_config_is_refused_and_kept(job_dir: Pat
     assert "restart=true" in message and "another folder" in message
     assert {p.name: p.read_bytes() for p in job_dir.iterdir() if p.is_file() and p.name != ".lock"} == before
     # The same job with other run-time switches is the same job: skipped, same result.
-    assert run(job("threads=2", "checkpoint.every=0"), out_dir=job_dir) == first
+    assert run(job("runtime.threads=2", "checkpoint.every=0"), out_dir=job_dir) == first
     assert result(job_dir)["config_identity"]["optimizer.lr"] == 0.01
     assert result(job_dir)["config_fingerprint"] == fingerprint(config_identity(job()))
 
@@ -113,7 +114,7 @@ def test_checkpoint_of_another_config_is_refused_not_resumed(job_dir: Path, monk
         run(job("optimizer.lr=0.1"), out_dir=job_dir)
     assert (job_dir / "checkpoint.pt").read_bytes() == checkpoint
     # The same config resumes it; a changed run-time switch does not matter.
-    run(job("threads=2"), out_dir=job_dir)
+    run(job("runtime.threads=2"), out_dir=job_dir)
     assert result(job_dir)["status"] == "done" and result(job_dir)["steps"] == 30
 
 
@@ -147,6 +148,24 @@ def test_results_from_before_identities_are_checked_against_config_resolved(job_
     assert run(job(), out_dir=job_dir) == first
     with pytest.raises(ConfigMismatch, match="optimizer.lr was 0.01, now 0.1"):
         run(job("optimizer.lr=0.1"), out_dir=job_dir)
+
+
+def test_a_folder_from_before_the_runtime_node_is_recognised(job_dir: Path) -> None:
+    """The run-time switches sat at the config's root before the `runtime` node: identities never
+    held them (so those recorded then are the same, fingerprints too), and an older folder's
+    config_resolved.yaml, read when its result.json records no identity, has them at the root."""
+    first = run(job(), out_dir=job_dir)
+    legacy = result(job_dir)
+    assert legacy["config_identity"] == config_identity(job("runtime.threads=2", "runtime.device=cpu"))
+    del legacy["config_identity"], legacy["config_fingerprint"]
+    (job_dir / "result.json").write_text(json.dumps(legacy))
+    saved = OmegaConf.load(job_dir / "config_resolved.yaml")
+    with open_dict(saved):
+        for key, value in saved.pop("runtime").items():
+            saved[key] = value
+        saved.threads, saved.device = "3", "cuda"
+    OmegaConf.save(saved, job_dir / "config_resolved.yaml")
+    assert run(job("runtime.threads=2"), out_dir=job_dir) == first
 
 
 # --- one writer -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from helpers import REPO
 
 SCRIPT = REPO / "scripts" / "check_imports.py"
 

@@ -19,7 +19,7 @@ from adalfl.meta import make_engine
 from adalfl.meta.sgd import SGDHyper, sgd_update
 from adalfl.meta.stateless import replaced
 from adalfl.meta.tangent import ForwardRecord
-from conftest import TEST_DEVICE
+from helpers import TEST_DEVICE
 
 TASK = Task("classification", 3)
 # The loss network these tests were written for, every argument spelt out: PointwiseNetwork has no

@@ -22,7 +22,8 @@ from adalfl.methods.taylorglo import CMAESConfig, PartialTraining, TaylorGLO, Ta
 from adalfl.track.metrics import Tracker
 from adalfl.train.loop import fit
 
-from conftest import compose_config, run_main, tiny
+from helpers import compose_config, tiny
+from mainproc import run_main
 
 # Small offline budgets that keep each job to a few seconds.
 FAST = ("offline.steps=10", "offline.population=4", "offline.generations=2", "offline.partial_steps=5")
@@ -269,8 +270,8 @@ def test_metalr_with_frozen_lr_is_plain_sgd_and_the_schedule_multiplies_the_lear
 def test_smoke_sweep_over_every_method(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = run_main(["-m", "dataset=diabetes,digits", "method=ce,ml3,taylorglo,adalfl,metalr", "seed=0",
-                     "+experiment=smoke", "threads=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
-    # threads=1: about 20 s; two torch threads per job on a busy 2-core machine took minutes.
+                     "+experiment=smoke", "runtime.threads=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    # runtime.threads=1: about 20 s; two torch threads per job on a busy 2-core machine took minutes.
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
     assert len(results) == 10

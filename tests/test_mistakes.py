@@ -18,9 +18,10 @@ from adalfl.app import run
 from adalfl.config import ConfigError
 from adalfl.methods.learned_loss import LossNetConfig
 
-from conftest import REPO, compose_config, run_main, tiny
+from helpers import REPO, compose_config, tiny
+from mainproc import run_main
 
-FAST = ("model.widths=[32,32]", "threads=1", "dataset.steps=20")
+FAST = ("model.widths=[32,32]", "runtime.threads=1", "dataset.steps=20")
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def no_data(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["device=tpu"], "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+        (["runtime.device=tpu"], "runtime.device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
         (["optimizer.momentum=2"], r"optimizer.momentum must be in \[0, 1\), got 2.0"),
         (["optimizer.dampening=1.5"], r"optimizer.dampening must be in \[0, 1\], got 1.5"),
         (["method=adalfl", "method.loss.hidden=[]"], r"method.loss.hidden must list at least one positive layer width"),
@@ -93,8 +94,8 @@ def test_a_bad_choice_on_the_command_line_is_one_message(tmp_path: Path) -> None
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_on_a_machine_without_it_is_one_line(job_dir: Path, no_data: None) -> None:
-    with pytest.raises(ConfigError, match="device=cuda: torch sees no CUDA device on this machine; use device=auto or device=cpu"):
-        run(tiny(*FAST, "device=cuda"), out_dir=job_dir)
+    with pytest.raises(ConfigError, match="runtime.device=cuda: torch sees no CUDA device on this machine; use runtime.device=auto or runtime.device=cpu"):
+        run(tiny(*FAST, "runtime.device=cuda"), out_dir=job_dir)
 
 
 def test_a_batch_larger_than_the_training_split_is_refused(job_dir: Path) -> None:
@@ -118,6 +119,19 @@ def test_wandb_start_up_waits_only_the_configured_time(job_dir: Path, monkeypatc
     assert settings[0].init_timeout == 3.0
     assert json.loads((job_dir / "result.json").read_text())["status"] == "done"  # W&B never costs the run
     assert tiny("logger=wandb").logger.init_timeout == 15  # the default: seconds, not W&B's 90
+
+
+@pytest.mark.parametrize(
+    ("arg", "line"),
+    [("threads=1", "error: threads is now runtime.threads: write runtime.threads=1"),
+     ("+device=cpu", "error: device is now runtime.device: write runtime.device=cpu"),  # `+` would add an unused key
+     ("~progress", "error: progress is now runtime.progress")],
+)
+def test_a_run_time_switch_by_its_old_root_name_names_its_new_key(arg: str, line: str, tmp_path: Path) -> None:
+    proc = run_main(["method=ce", "logger=none", arg], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [line]
+    assert list(tmp_path.iterdir()) == []  # refused before Hydra made a job folder
 
 
 @pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
@@ -167,8 +181,8 @@ def test_a_bug_in_a_model_keeps_its_traceback(tmp_path: Path, job_dir: Path, mon
     assert result["status"] == "failed" and result["error"] == "ZeroDivisionError: division by zero"
     assert "self.scale = 1 / 0" in result["traceback"]
     # As a user runs it: Hydra prints the traceback, main.py does not turn it into "error: ..."
-    proc = run_main(["logger=none", "threads=1", "dataset.steps=20", "model._target_=broken_model.Broken"],
-                    cwd=tmp_path, env={"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{tmp_path}"})
+    proc = run_main(["logger=none", "runtime.threads=1", "dataset.steps=20", "model._target_=broken_model.Broken"],
+                    cwd=tmp_path, extra_env={"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{tmp_path}"})
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert 'broken_model.py", line 8, in __init__' in proc.stderr

@@ -25,7 +25,7 @@ from adalfl.config import ConfigError, model_name
 from adalfl.configstore import register_configs
 from adalfl.models import reset_parameters
 from adalfl.sweep.resolvers import register_resolvers
-from conftest import TEST_DEVICE
+from helpers import TEST_DEVICE
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -139,7 +139,7 @@ def test_recorded_jvp_equals_forward_mode_ad(model: str, dataset: str) -> None:
     net.to(TEST_DEVICE).train()
     image = len(cfg.dataset.input_shape) == 3
     x = torch.randn(4, *cfg.dataset.input_shape, device=TEST_DEVICE)
-    if image:  # as jobs run (channels_last=true)
+    if image:  # as jobs run (runtime.channels_last=true)
         x = x.contiguous(memory_format=torch.channels_last)
     names, params = zip(*net.named_parameters())
     tangents = [torch.randn_like(p) for p in params]

@@ -14,7 +14,7 @@ from adalfl.app import run
 from adalfl.track import progress as progress_module
 from adalfl.track.progress import ProgressLog, format_duration
 
-from conftest import tiny
+from helpers import tiny
 
 
 class FakeClock:
@@ -117,7 +117,7 @@ def test_training_lines_give_way_to_the_progress_bar_on_a_terminal(
     monkeypatch.setattr(progress_module, "INTERVAL_S", 0.0)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     cfg = tiny("dataset.steps=10")
-    cfg.progress = True
+    cfg.runtime.progress = True
     with caplog.at_level(logging.INFO, logger="adalfl"):
         run(cfg, out_dir=job_dir)
     assert _lines(caplog, "training step") == []

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adalfl.config import validate
 
-from conftest import CONF, REPO, compose_config
+from helpers import CONF, REPO, compose_config
 
 # Source of each block: docs/protocol.md (paper / author's code / ours).
 MNIST_LIKE = dict(steps=10_000, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, milestones=[],

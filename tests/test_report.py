@@ -15,7 +15,8 @@ import pytest
 from adalfl.result import Result, Status, WallTime
 from adalfl.sweep import report
 
-from conftest import REPO, run_main
+from helpers import REPO
+from mainproc import run_main
 
 SWEEP_ARGS = ["-m", "dataset=diabetes,digits", "method=ce", "seed=0,1", "dataset.steps=30",
               "dataset.eval_interval=15", "logger=none", "checkpoint.every=0"]

@@ -24,7 +24,7 @@ from mainproc import REPO, read_metrics, read_result, result_metrics, run_main, 
 
 # Small, but long enough to hold several checkpoints: 300 steps of Digits, one checkpoint every 100.
 # One thread: the in-process jobs are tiny, and extra threads only cost when other work shares the CPUs.
-JOB = ["dataset=digits", "method=ce", "logger=none", "progress=false", "threads=1", "dataset.steps=300",
+JOB = ["dataset=digits", "method=ce", "logger=none", "runtime.progress=false", "runtime.threads=1", "dataset.steps=300",
        "checkpoint.every=100"]  # fmt: skip
 
 
@@ -176,10 +176,10 @@ def test_stop_signal_checkpoints_at_the_current_step(reference: Path, tmp_path: 
 
 def test_sigkill_mid_run_then_restart_gives_identical_metrics(tmp_path: Path) -> None:
     """A real process, killed without warning between two checkpoints, then started again."""
-    job = ["dataset=digits", "method=ce", "logger=none", "progress=false", "threads=1", "dataset.steps=700",
+    job = ["dataset=digits", "method=ce", "logger=none", "runtime.progress=false", "runtime.threads=1", "dataset.steps=700",
            "checkpoint.every=100", "dataset.eval_interval=50"]  # fmt: skip
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    run_main([*job, f"hydra.run.dir={reference}"])
+    run_main([*job, f"hydra.run.dir={reference}"], check=True)
 
     child = start_main([*job, f"hydra.run.dir={killed}"], tmp_path / "killed.log")
     deadline = time.monotonic() + 120
@@ -197,7 +197,7 @@ def test_sigkill_mid_run_then_restart_gives_identical_metrics(tmp_path: Path) ->
     assert not (killed / "result.json").exists() or read_result(killed).status != "done"
     assert max(r["step"] for r in read_metrics(killed)) >= 350
 
-    proc = run_main([*job, f"hydra.run.dir={killed}"])
+    proc = run_main([*job, f"hydra.run.dir={killed}"], check=True)
     assert "resuming from" in proc.stdout + proc.stderr + (killed / "main.log").read_text()
     assert read_metrics(killed) == read_metrics(reference)
     assert result_metrics(killed) == result_metrics(reference)
@@ -209,9 +209,10 @@ def test_local_launcher_runs_a_sweep_with_two_workers(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     run_main(
         ["hydra/launcher=local", "hydra.launcher.n_jobs=2", "dataset=diabetes,digits", "method=ce",
-         "logger=wandb", "logger.mode=offline", "progress=false", "dataset.steps=100",
+         "logger=wandb", "logger.mode=offline", "runtime.progress=false", "dataset.steps=100",
          f"hydra.sweep.dir={sweep}"],  # fmt: skip
         multirun=True,
+        check=True,
     )
     jobs = sorted(p.parent for p in sweep.glob("*/result.json"))
     assert len(jobs) == 2 and "dataset=diabetes" in jobs[0].name and "dataset=digits" in jobs[1].name
@@ -231,7 +232,7 @@ def test_local_launcher_runs_a_sweep_with_two_workers(tmp_path: Path) -> None:
 # Algorithms 1/3 checkpoint every checkpoint.every meta steps, the CMA-ES search after every
 # generation; on a stop signal either checkpoints after the current meta step or candidate.
 
-OFFLINE = ["dataset=digits", "logger=none", "progress=false", "threads=1", "model.widths=[32,32]", "dataset.steps=20",
+OFFLINE = ["dataset=digits", "logger=none", "runtime.progress=false", "runtime.threads=1", "model.widths=[32,32]", "dataset.steps=20",
            "dataset.eval_interval=10", "dataset.log_interval=5", "offline.steps=40", "checkpoint.every=10",
            "offline.population=4", "offline.generations=3", "offline.partial_steps=5"]  # fmt: skip
 OFFLINE_METHODS = {"adalfl": ["method=adalfl"], "ml3": ["method=ml3"], "metalr": ["method=metalr"],
@@ -357,10 +358,10 @@ def test_phase_timer_carries_times_across_attempts(monkeypatch: pytest.MonkeyPat
 
 def test_sigkill_in_the_offline_phase_then_restart_gives_identical_metrics(tmp_path: Path) -> None:
     """A real process killed without warning in the middle of Algorithm 1, then started again."""
-    job = ["dataset=digits", "method=adalfl", "logger=none", "progress=false", "threads=1", "model.widths=[32,32]",
+    job = ["dataset=digits", "method=adalfl", "logger=none", "runtime.progress=false", "runtime.threads=1", "model.widths=[32,32]",
            "dataset.steps=20", "dataset.eval_interval=10", "offline.steps=400", "checkpoint.every=50"]  # fmt: skip
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    run_main([*job, f"hydra.run.dir={reference}"])
+    run_main([*job, f"hydra.run.dir={reference}"], check=True)
     child = start_main([*job, f"hydra.run.dir={killed}"], tmp_path / "killed.log")
     deadline = time.monotonic() + 120
     metrics = killed / "metrics.jsonl"
@@ -375,7 +376,7 @@ def test_sigkill_in_the_offline_phase_then_restart_gives_identical_metrics(tmp_p
         child.wait(timeout=60)
     assert not (killed / "result.json").exists()
     assert not ckpt.Checkpointer(killed).load()["progress"]["offline_done"]
-    proc = run_main([*job, f"hydra.run.dir={killed}"])
+    proc = run_main([*job, f"hydra.run.dir={killed}"], check=True)
     assert "at the offline phase" in proc.stdout + proc.stderr + (killed / "main.log").read_text()
     assert read_metrics(killed) == read_metrics(reference)
     assert result_metrics(killed) == result_metrics(reference)

@@ -39,9 +39,10 @@ def test_slurm_sweep_every_job_finishes(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     run_main(
         ["hydra/launcher=slurm", "dataset=diabetes,digits", "method=ce", "seed=0", "dataset.steps=50",
-         "logger=wandb", "logger.mode=offline", "progress=false", f"hydra.sweep.dir={sweep}"],  # fmt: skip
+         "logger=wandb", "logger.mode=offline", "runtime.progress=false", f"hydra.sweep.dir={sweep}"],  # fmt: skip
         multirun=True,
         timeout=600,
+        check=True,
     )
     jobs = sorted(p.parent for p in sweep.glob("*/config_resolved.yaml"))
     assert len(jobs) == 2, list(sweep.iterdir())
@@ -56,10 +57,10 @@ def test_slurm_sweep_every_job_finishes(tmp_path: Path) -> None:
 def test_preempted_job_is_requeued_into_its_folder_and_resumes(tmp_path: Path) -> None:
     """Slurm's warning signal mid-run: the job checkpoints, submitit requeues it, and the requeued
     job resumes in the same folder and ends exactly like an uninterrupted run."""
-    job = ["dataset=digits", "method=ce", "seed=0", "logger=none", "progress=false", "dataset.steps=1500",
+    job = ["dataset=digits", "method=ce", "seed=0", "logger=none", "runtime.progress=false", "dataset.steps=1500",
            "checkpoint.every=100", "dataset.eval_interval=50"]  # fmt: skip
     reference = tmp_path / "reference"
-    run_main([*job, "threads=1", f"hydra.run.dir={reference}"])  # Slurm jobs get 1 thread (cpus_per_task)
+    run_main([*job, "runtime.threads=1", f"hydra.run.dir={reference}"], check=True)  # Slurm jobs get 1 thread (cpus_per_task)
 
     name = f"adalfl-preempt-{os.getpid()}"
     sweep = tmp_path / "sweep"

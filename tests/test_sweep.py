@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from adalfl.sweep import report
 from adalfl.sweep.resolvers import MAX_NAME, SAFE_CHARS, job_subdir
-from conftest import REPO, run_main
+from helpers import REPO
+from mainproc import run_main
 
 TINY = ["dataset.steps=30", "dataset.eval_interval=15", "logger=none", "checkpoint.every=0"]
 

@@ -18,7 +18,7 @@ from adalfl.losses import Task
 from adalfl.losses.learned import OutputWiseLoss, PointwiseNetwork
 from adalfl.meta import make_engine
 from adalfl.meta.tangent import RULES, ForwardRecord
-from conftest import TEST_DEVICE
+from helpers import TEST_DEVICE
 from test_models import PAIRS, compose_config
 
 pytestmark = pytest.mark.skipif(TEST_DEVICE.type == "cuda" and not torch.cuda.is_available(),

@@ -18,7 +18,8 @@ from adalfl.app import run
 from adalfl.sweep import report
 from adalfl.track.wandb_report import CSV_NUMBERS, csv_table, publish
 
-from conftest import REPO, run_main, tiny
+from helpers import REPO, tiny
+from mainproc import run_main
 from wandb_files import OfflineRun, offline_runs
 
 
@@ -151,7 +152,7 @@ def test_run_is_finished_when_the_job_raises(job_dir: Path, monkeypatch: pytest.
 # A sweep with W&B offline: 2 methods x 2 seeds on Digits, AdaLFL for the learned-loss figure.
 SWEEP_ARGS = ["-m", "dataset=digits", "method=ce,adalfl", "seed=0,1", "dataset.steps=20", "dataset.eval_interval=10",
               "offline.steps=5", "logger=wandb", "logger.mode=offline", "logger.tags=[unit]", "checkpoint.every=0",
-              "threads=1"]
+              "runtime.threads=1"]
 
 
 @pytest.fixture(scope="module")

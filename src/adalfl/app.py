@@ -153,13 +153,7 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
         validate(cfg)
         method = build_method(cfg)  # a bad method value fails here, before any data is loaded
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
-        launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
-        result.threads = configure_threads(cfg.threads, launcher)
-        result.cpu_memory_reuse = configure_cpu_memory(cfg.cpu_memory)
-        device = resolve_device(cfg.device)
-        result.device = str(device)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True)
+        device = apply_runtime(cfg.runtime, result)
         tracker = Tracker(out_dir)
         job, model = build_job(cfg, out_dir, device, tracker, timer)  # missing data fails here, before W&B
         wandb = tracker.wandb = WandbLogger(cfg, out_dir)
@@ -199,6 +193,21 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
         result.test_metric, result.best_val_metric, result.wall_time_s.total, out_dir,
     )
     return float(result.test_metric)
+
+
+def apply_runtime(runtime: DictConfig, result: Result) -> torch.device:
+    """Apply the ``runtime`` switches to this process, once, as the job starts: torch's thread count,
+    glibc's allocator, deterministic algorithms; returns the device. What took effect goes to
+    ``result`` (result.json's threads, cpu_memory_reuse and device). channels_last and progress are
+    read where the model and the loop are built."""
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
+    result.threads = configure_threads(runtime.threads, launcher)
+    result.cpu_memory_reuse = configure_cpu_memory(runtime.cpu_memory)
+    if runtime.deterministic:
+        torch.use_deterministic_algorithms(True)
+    device = resolve_device(str(runtime.device))
+    result.device = str(device)
+    return device
 
 
 def _add_summary_safely(result: Result, method: Method) -> None:
@@ -250,7 +259,7 @@ def build_job(
         checkpoint_every=int(cfg.checkpoint.every),
         resume=bool(cfg.checkpoint.resume),
         identity=config_identity(cfg),
-        progress_bar=bool(cfg.progress),
+        progress_bar=bool(cfg.runtime.progress),
         timer=timer or PhaseTimer(),
         log=log,
     )
@@ -314,7 +323,7 @@ def _located(target: str, key: str) -> Any:
 
 
 def _channels_last(cfg: DictConfig) -> bool:
-    return bool(cfg.channels_last) and len(cfg.dataset.input_shape) == 3  # images only
+    return bool(cfg.runtime.channels_last) and len(cfg.dataset.input_shape) == 3  # images only
 
 
 def _build_optimizer(

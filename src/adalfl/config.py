@@ -151,6 +151,37 @@ class CheckpointConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How a job runs, not what it computes: applied once at the start of the job (adalfl.app.run),
+    left out of the config identity (a rerun with other switches finds its folder, adalfl.train.folder)
+    and out of sweep folder names (conf/config.yaml's hydra.job.config.override_dirname)."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: str = "auto"  # PyTorch threads per job: auto (see adalfl.sweep.threads) or a count
+    cpu_memory: str = "reuse"  # reuse | system: glibc keeps freed memory for reuse (adalfl.cpu_memory)
+    channels_last: bool = True  # image models and batches in NHWC memory format (CPU pooling is ~10x faster)
+    deterministic: bool = False  # torch.use_deterministic_algorithms, for GPU bit-reproducibility
+    progress: bool = True  # progress bar when attached to a terminal
+
+
+# The run-time switches sat at the config's root before the `runtime` node held them: an override of
+# an old name is refused by main.py with the new one (Hydra would say "Key 'threads' not in
+# 'Config'", and `+threads=1` would add an unused key and run the job without the setting).
+MOVED_KEYS = {name: f"runtime.{name}" for name in RuntimeConfig.__dataclass_fields__}
+
+
+def moved_key_hint(overrides: list[str]) -> str | None:
+    """One line naming the first command-line override that uses a moved key, with its new name."""
+    for override in overrides:
+        key, eq, value = override.partition("=")
+        name = key.lstrip("+~")
+        if name in MOVED_KEYS and (eq or key.startswith("~")):
+            new = MOVED_KEYS[name]
+            return f"{name} is now {new}: write {new}={value}" if eq else f"{name} is now {new}"
+    return None
+
+
+@dataclass
 class Config:
     dataset: Any = MISSING
     model: Any = MISSING
@@ -158,15 +189,10 @@ class Config:
     optimizer: Any = MISSING
     logger: Any = MISSING
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    deterministic: bool = False  # torch.use_deterministic_algorithms, for GPU bit-reproducibility
-    channels_last: bool = True  # image models and batches in NHWC memory format (CPU pooling is ~10x faster)
-    progress: bool = True  # progress bar when attached to a terminal
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     experiment: Optional[str] = None  # set by experiment configs; tags runs and names sweep folders
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    threads: str = "auto"  # PyTorch threads per job: auto (see adalfl.sweep.threads) or a count
-    cpu_memory: str = "reuse"  # reuse | system: glibc keeps freed memory for reuse (adalfl.cpu_memory)
     # true: a job folder holding a finished job, or a job of another config, has it moved to
     # replaced/<time>/ and the job starts over (adalfl.train.folder); otherwise it changes nothing.
     restart: bool = False
@@ -185,36 +211,42 @@ def _positive(value: Any, key: str) -> None:
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def check_device(name: str) -> None:
-    """Refuse a device this machine cannot give, naming the allowed values."""
+def check_device(name: str, key: str = "runtime.device") -> None:
+    """Refuse a device this machine cannot give, naming the allowed values (``key``: the setting's name)."""
     if not DEVICE_PATTERN.match(name):
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+        raise ConfigError(f"{key} must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
     import torch
 
+    fallback = f"use {key}=auto or {key}=cpu"
     if name.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ConfigError(f"device={name}: torch sees no CUDA device on this machine; use device=auto or device=cpu")
+            raise ConfigError(f"{key}={name}: torch sees no CUDA device on this machine; {fallback}")
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= count:
-            raise ConfigError(f"device={name}: torch sees {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+            raise ConfigError(f"{key}={name}: torch sees {count} CUDA device(s), cuda:0..cuda:{count - 1}")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device=mps: this machine has no usable MPS device; use device=auto or device=cpu")
+        raise ConfigError(f"{key}=mps: this machine has no usable MPS device; {fallback}")
+
+
+def check_runtime(runtime: DictConfig) -> None:
+    """Refuse run-time switches this machine cannot apply (the ``runtime`` node)."""
+    check_device(str(runtime.device))
+    if runtime.threads != "auto" and not (str(runtime.threads).isdigit() and int(runtime.threads) > 0):
+        raise ConfigError(f"runtime.threads must be auto or a positive integer, got {runtime.threads!r}")
+    if runtime.cpu_memory not in CPU_MEMORY_CHOICES:
+        raise ConfigError(f"runtime.cpu_memory must be one of {list(CPU_MEMORY_CHOICES)}, got {runtime.cpu_memory!r}")
 
 
 def validate(cfg: DictConfig) -> None:
     """Refuse values that type-check but cannot train, before any compute."""
-    check_device(str(cfg.device))
+    check_runtime(cfg.runtime)
     _positive(cfg.optimizer.lr, "optimizer.lr")
     _positive(cfg.dataset.steps, "dataset.steps")
     _positive(cfg.dataset.batch_size, "dataset.batch_size")
     _positive(cfg.dataset.eval_interval, "dataset.eval_interval")
     _positive(cfg.dataset.log_interval, "dataset.log_interval")
     _positive(cfg.dataset.eval_batch_size, "dataset.eval_batch_size")
-    if cfg.threads != "auto" and not (str(cfg.threads).isdigit() and int(cfg.threads) > 0):
-        raise ConfigError(f"threads must be auto or a positive integer, got {cfg.threads!r}")
-    if cfg.cpu_memory not in CPU_MEMORY_CHOICES:
-        raise ConfigError(f"cpu_memory must be one of {list(CPU_MEMORY_CHOICES)}, got {cfg.cpu_memory!r}")
     for key in ("momentum", "weight_decay", "dampening"):
         if cfg.optimizer[key] < 0:
             raise ConfigError(f"optimizer.{key} must be >= 0, got {cfg.optimizer[key]!r}")

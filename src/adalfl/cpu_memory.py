@@ -8,7 +8,7 @@ CNN's cross-entropy step and half of an AdaLFL iteration (docs/benchmarks.md). W
 to blocks over 32 MiB and trimming off, the heap stays at the step's peak and is reused.
 
 The cost: the process holds on to its peak heap until it exits, which a training job reaches on
-every step anyway. ``cpu_memory=system`` leaves glibc's defaults.
+every step anyway. ``runtime.cpu_memory=system`` leaves glibc's defaults.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CHOICES = ("reuse", "system")
 
 
 def configure_cpu_memory(setting: str) -> bool:
-    """Apply ``cpu_memory=<setting>``; True when glibc took the reuse settings."""
+    """Apply ``runtime.cpu_memory=<setting>``; True when glibc took the reuse settings."""
     if setting == "system":
         return False
     if setting != "reuse":

@@ -25,13 +25,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; a device this machine lacks is a ConfigError."""
+def resolve_device(name: str, key: str = "runtime.device") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; a device this machine lacks is a ConfigError
+    naming the setting ``key``."""
     from adalfl.config import check_device
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(name)
+    check_device(name, key)
     return torch.device(name)
 
 

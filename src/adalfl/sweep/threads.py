@@ -3,7 +3,7 @@
 Parallel jobs on one machine must split its cores between them: two jobs that each start one
 thread per core run slower together than one after the other. Environment variables such as
 OMP_NUM_THREADS are read when PyTorch loads, which in a launcher's worker process may already have
-happened, so the job sets the count itself with ``torch.set_num_threads`` from the ``threads``
+happened, so the job sets the count itself with ``torch.set_num_threads`` from the ``runtime.threads``
 config value.
 """
 
@@ -24,7 +24,7 @@ def available_cpus() -> int:
 
 
 def threads_for_job(setting: str | int, launcher: Mapping[str, Any] | None) -> int | None:
-    """The thread count for ``threads=<setting>``; None means leave PyTorch's default.
+    """The thread count for ``runtime.threads=<setting>``; None means leave PyTorch's default.
 
     ``auto``: inside a Slurm allocation, the CPUs Slurm gave the job; under the joblib launcher
     (``hydra/launcher=local``), the available CPUs divided by the number of workers; under submitit,

@@ -4,9 +4,9 @@ A job folder is reused on purpose: a rerun skips a finished job and resumes an u
 its checkpoint. That is only sound when the rerun asks for the same job. Two guards make it so:
 
 * **Config identity.** Every result.json and every checkpoint records the job's config (resolved,
-  flattened, minus the run-time switches that may change between attempts: device, threads,
-  logging, checkpointing...). A rerun whose config differs is refused with one line naming the
-  differing keys; ``restart=true`` sets the old job aside (into ``replaced/<time>/``) and starts over.
+  flattened, minus the run-time switches that may change between attempts: the ``runtime`` node
+  (device, threads...), logging, checkpointing...). A rerun whose config differs is refused with
+  one line naming the differing keys; ``restart=true`` sets the old job aside (into ``replaced/<time>/``) and starts over.
 * **One writer.** An exclusive ``flock`` on ``<folder>/.lock`` for the job's whole life. The OS drops
   it when the process ends, however it ends, so a killed job never leaves a stale lock. (On NFS,
   Linux maps flock to POSIX byte-range locks, which the server arbitrates across machines.)
@@ -31,10 +31,12 @@ from omegaconf import DictConfig, OmegaConf
 # Keys that may differ between attempts of one job without changing its results (or only in ways
 # the user chose per attempt, like the device): left out of the identity. A prefix covers its
 # subtree. dataset.root/download say where the same data lives or how it arrives.
-RUNTIME_KEYS = (
-    "device", "threads", "progress", "cpu_memory", "channels_last", "deterministic", "restart",
-    "checkpoint", "logger", "hydra", "dataset.root", "dataset.download",
-)  # fmt: skip
+RUNTIME_KEYS = ("runtime", "restart", "checkpoint", "logger", "hydra", "dataset.root", "dataset.download")
+# The run-time switches sat at the config's root before the `runtime` node held them. Identities
+# recorded in result.json and checkpoints never held them (left out then as now, so the recorded
+# identities and fingerprints are unchanged), but an older folder's config_resolved.yaml, read when
+# there is no recorded identity (recorded_identity), still has them at the root: leave them out too.
+LEGACY_RUNTIME_KEYS = ("device", "threads", "progress", "cpu_memory", "channels_last", "deterministic")
 LOCK_FILE = ".lock"
 REPLACED_DIR = "replaced"
 # Never moved aside on restart: Hydra's record and log of the current attempt, the lock itself.
@@ -51,7 +53,7 @@ class ConfigMismatch(RuntimeError):
 
 
 def _is_runtime(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in RUNTIME_KEYS)
+    return any(key == k or key.startswith(k + ".") for k in (*RUNTIME_KEYS, *LEGACY_RUNTIME_KEYS))
 
 
 def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
