@@ -89,8 +89,7 @@ MODELS = {
 }
 
 
-def build(name: str, method: str, backend: str, device: torch.device, batch_size: int,
-          channels_last: bool = False):
+def build(name: str, method: str, backend: str, device: torch.device, batch_size: int, channels_last: bool = False):
     """The model, its optimiser and the method's real train_step. The job's splits hold one batch
     of random data each: every step draws it whole (reshuffled), as a job draws its batches."""
     torch.manual_seed(0)
@@ -105,17 +104,30 @@ def build(name: str, method: str, backend: str, device: torch.device, batch_size
     data = Data("classification", 10, train=split(), val=split(), test=split(), channels_last=images)
     out_dir = Path(tempfile.gettempdir()) / "adalfl-step-cost"  # never written: no observe(), no logging
     job = JobContext(
-        title=f"step_cost / {name} / {method}", seed=0, out_dir=out_dir, device=device,
-        task=Task("classification", 10), data=data, steps=1_000_000, batch_size=batch_size,
-        eval_batch_size=batch_size, log_interval=1, eval_interval=1_000_000, base_lr=sgd["lr"],
-        build_model=lambda: make().to(device), build_optimizer=partial(_sgd, sgd),
+        title=f"step_cost / {name} / {method}",
+        seed=0,
+        out_dir=out_dir,
+        device=device,
+        task=Task("classification", 10),
+        data=data,
+        steps=1_000_000,
+        batch_size=batch_size,
+        eval_batch_size=batch_size,
+        log_interval=1,
+        eval_interval=1_000_000,
+        base_lr=sgd["lr"],
+        build_model=lambda: make().to(device),
+        build_optimizer=partial(_sgd, sgd),
         train_batches=BatchSampler(data.train, batch_size, seed=0),
-        val_batches=BatchSampler(data.val, batch_size, seed=1), tracker=Tracker(out_dir),
+        val_batches=BatchSampler(data.val, batch_size, seed=1),
+        tracker=Tracker(out_dir),
     )
     if method == "ce":
         impl = CrossEntropy("ce")
     else:
-        impl = AdaLFL("adalfl", loss={}, meta={"backend": backend, "init_steps": 0}, plot_every=1)  # observe() is never called here
+        impl = AdaLFL(
+            "adalfl", loss={}, meta={"backend": backend, "init_steps": 0}, plot_every=1
+        )  # observe() is never called here
     impl.setup(job, model)
     return lambda: impl.train_step(job, model, optimizer)
 
@@ -183,8 +195,13 @@ def memory_one(name: str, method: str, backend: str, cfg: dict, device: torch.de
 
 
 def memory(name: str, method: str, backend: str, cfg: dict) -> float:
-    args = [f"only={name}:{method}:{backend}", f"device={cfg['device']}", f"threads={cfg['threads']}",
-            f"batch_size={cfg['batch_size']}", f"channels_last={cfg['channels_last']}"]
+    args = [
+        f"only={name}:{method}:{backend}",
+        f"device={cfg['device']}",
+        f"threads={cfg['threads']}",
+        f"batch_size={cfg['batch_size']}",
+        f"channels_last={cfg['channels_last']}",
+    ]
     # Large blocks mmap'd and returned on free: resident memory then follows the live tensors.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384", "MALLOC_TRIM_THRESHOLD_": "0"}
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True, env=env)
@@ -210,8 +227,12 @@ def main(argv: list[str]) -> dict:
                 row["adalfl_peak_mb"] = memory(name, "adalfl", backend, cfg)
             results[name][backend] = row
             print(f"{name:9s} {backend:7s} {json.dumps(row)}", file=sys.stderr, flush=True)
-    return {"benchmark": "step_cost", **machine(device), "settings": OmegaConf.to_container(OmegaConf.create(cfg)),
-            "results": results}
+    return {
+        "benchmark": "step_cost",
+        **machine(device),
+        "settings": OmegaConf.to_container(OmegaConf.create(cfg)),
+        "results": results,
+    }
 
 
 if __name__ == "__main__":

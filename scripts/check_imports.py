@@ -141,8 +141,9 @@ def check(package_dir: Path, layers: list[tuple[str, ...]] = LAYERS) -> tuple[li
 
     for component in cycles(set(modules), {(e.source, e.target) for e in edges}):
         problems.append("cycle between modules " + ", ".join(component) + ":")
-        problems += [f"  {e.source} -> {e.target}  ({e.where})" for e in edges
-                     if e.source in component and e.target in component]
+        problems += [
+            f"  {e.source} -> {e.target}  ({e.where})" for e in edges if e.source in component and e.target in component
+        ]
 
     unit_edges = [e for e in edges if unit_of(e.source) != unit_of(e.target)]
     units = {unit_of(m) for m in modules}
@@ -154,19 +155,25 @@ def check(package_dir: Path, layers: list[tuple[str, ...]] = LAYERS) -> tuple[li
                 between[unit_of(e.source), unit_of(e.target)].append(e)
         for (a, b), found in sorted(between.items()):  # one example per pair of units
             e = found[0]
-            problems.append(f"  {a} -> {b}: {e.source} -> {e.target}  ({e.where})"
-                            + (f" and {len(found) - 1} more" if len(found) > 1 else ""))
+            problems.append(
+                f"  {a} -> {b}: {e.source} -> {e.target}  ({e.where})"
+                + (f" and {len(found) - 1} more" if len(found) > 1 else "")
+            )
 
     for unit in sorted(units - set(layer_of)):
         problems.append(f"unit {unit} is in no layer: give it its place in LAYERS ({Path(__file__).name})")
     for e in unit_edges:
         low, high = layer_of.get(unit_of(e.source)), layer_of.get(unit_of(e.target))
         if low is not None and high is not None and low < high:
-            problems.append(f"upward import: {unit_of(e.source)} (layer {low}) -> {unit_of(e.target)} "
-                            f"(layer {high}): {e.source} -> {e.target}  ({e.where})")
+            problems.append(
+                f"upward import: {unit_of(e.source)} (layer {low}) -> {unit_of(e.target)} "
+                f"(layer {high}): {e.source} -> {e.target}  ({e.where})"
+            )
 
-    summary = (f"{package_dir.name}: {len(modules)} modules, {len(edges)} imports between them, "
-               f"{len(units)} units in {len(layers)} layers")
+    summary = (
+        f"{package_dir.name}: {len(modules)} modules, {len(edges)} imports between them, "
+        f"{len(units)} units in {len(layers)} layers"
+    )
     return problems, summary
 
 

@@ -31,12 +31,17 @@ def summarise(variant: Path) -> str | None:
     failed = len(results) - len(done) - interrupted
     per_seed = " ".join(f"{m:.4f}" for m in metrics)
     scale = f"{statistics.median(scales):.3g}" if scales else "-"
-    return (f"| {variant.name} | {len(done)}{f' (+{failed} failed)' if failed else ''}{f' (+{interrupted} interrupted)' if interrupted else ''} | {mean:.4f} ± {std:.4f} "
-            f"| {worst:.4f} | {unhealthy} | {scale} | {per_seed} |")
+    seeds = f"{len(done)}{f' (+{failed} failed)' if failed else ''}{f' (+{interrupted} interrupted)' if interrupted else ''}"
+    return (
+        f"| {variant.name} | {seeds} | {mean:.4f} ± {std:.4f} "
+        f"| {worst:.4f} | {unhealthy} | {scale} | {per_seed} |"
+    )
 
 
 def main(folders: list[str]) -> None:
-    print("| variant | seeds | test metric, mean ± std | worst seed | seeds with unhealthy loss | median loss scale | per seed |")
+    print(
+        "| variant | seeds | test metric, mean ± std | worst seed | seeds with unhealthy loss | median loss scale | per seed |"
+    )
     print("|---|---|---|---|---|---|---|")
     for folder in folders:
         row = summarise(Path(folder))

@@ -42,9 +42,19 @@ def fashion_available(root: Path) -> bool:
 
 def run_sweep(dataset: str, overrides: list[str], seeds: list[int], out: Path) -> None:
     cmd = [
-        sys.executable, str(REPO / "main.py"), "-m", f"dataset={dataset}", "method=ce,adalfl",
-        f"seed={','.join(map(str, seeds))}", "logger=none", "runtime.progress=false", "checkpoint.every=0",
-        "hydra/launcher=local", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={out / dataset}", *overrides,
+        sys.executable,
+        str(REPO / "main.py"),
+        "-m",
+        f"dataset={dataset}",
+        "method=ce,adalfl",
+        f"seed={','.join(map(str, seeds))}",
+        "logger=none",
+        "runtime.progress=false",
+        "checkpoint.every=0",
+        "hydra/launcher=local",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={out / dataset}",
+        *overrides,
     ]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
@@ -65,8 +75,11 @@ def check(dataset: str, out: Path) -> list[str]:
     ce = [100 * r.test_metric for r in by_method["ce"]]
     adalfl = [100 * r.test_metric for r in by_method["adalfl"]]
     ce_mean, adalfl_mean = statistics.fmean(ce), statistics.fmean(adalfl)
-    print(f"{dataset}: CE {ce_mean:.2f}% ({', '.join(f'{v:.2f}' for v in ce)}), "
-          f"AdaLFL {adalfl_mean:.2f}% ({', '.join(f'{v:.2f}' for v in adalfl)})", flush=True)
+    print(
+        f"{dataset}: CE {ce_mean:.2f}% ({', '.join(f'{v:.2f}' for v in ce)}), "
+        f"AdaLFL {adalfl_mean:.2f}% ({', '.join(f'{v:.2f}' for v in adalfl)})",
+        flush=True,
+    )
     if adalfl_mean > ce_mean + MARGIN_POINTS:
         problems.append(f"{dataset}: AdaLFL's mean {adalfl_mean:.2f}% is above CE's {ce_mean:.2f}% + {MARGIN_POINTS}")
     if max(adalfl) > WORST_FACTOR * ce_mean:
@@ -74,8 +87,10 @@ def check(dataset: str, out: Path) -> list[str]:
     for r in by_method["adalfl"]:
         health = r.loss_health
         if health is None or health.free_wrong > 0:
-            problems.append(f"{dataset}: AdaLFL seed {r.seed} ended with an unhealthy learned loss "
-                            f"{health.to_dict() if health else {}}")
+            problems.append(
+                f"{dataset}: AdaLFL seed {r.seed} ended with an unhealthy learned loss "
+                f"{health.to_dict() if health else {}}"
+            )
     return problems
 
 
@@ -84,7 +99,9 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown arguments {unknown}; usage: real_data_check.py [--out=DIR] [--require-fashion]")
         return 2
-    out = next((Path(a.split("=", 1)[1]) for a in argv if a.startswith("--out=")), REPO / "multirun" / "real_data_check")
+    out = next(
+        (Path(a.split("=", 1)[1]) for a in argv if a.startswith("--out=")), REPO / "multirun" / "real_data_check"
+    )
     require_fashion = "--require-fashion" in argv
     root = Path(os.environ.get("ADALFL_DATA_ROOT", REPO / "data"))
     problems: list[str] = []

@@ -32,8 +32,9 @@ def compose_config(*overrides: str) -> DictConfig:
 def tiny(*overrides: str) -> DictConfig:
     """A fast, offline job config: few steps, no W&B, no progress bar; `method=ce` unless given."""
     method = [] if any(o.startswith("method=") for o in overrides) else ["method=ce"]
-    cfg = compose_config("logger=none", "dataset.steps=40", "dataset.eval_interval=20", "dataset.log_interval=5",
-                         *method, *overrides)
+    cfg = compose_config(
+        "logger=none", "dataset.steps=40", "dataset.eval_interval=20", "dataset.log_interval=5", *method, *overrides
+    )
     with open_dict(cfg):
         cfg.runtime.progress = False
     return cfg

@@ -43,7 +43,9 @@ def run_main(
         command(args, multirun), cwd=cwd, env=env(extra_env), capture_output=True, text=True, timeout=timeout
     )
     if check:
-        assert proc.returncode == 0, f"main.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        assert proc.returncode == 0, (
+            f"main.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

@@ -33,7 +33,9 @@ def test_adalfl_job_leaves_learned_loss_plots_and_phi(job_dir: Path) -> None:
     for name in ("learned_loss.pt", "learned_loss_start.pt", "learned_loss_evolution.png"):
         assert (job_dir / name).stat().st_size > 0, name
     assert sorted(p.name for p in (job_dir / "learned_loss").glob("*.png")) == [
-        "step_0000000.png", "step_0000020.png", "step_0000040.png"
+        "step_0000000.png",
+        "step_0000020.png",
+        "step_0000040.png",
     ]
     start = torch.load(job_dir / "learned_loss_start.pt")
     end = torch.load(job_dir / "learned_loss.pt")
@@ -69,12 +71,22 @@ class FrozenLoss(FixedLossMethod):
 @pytest.mark.parametrize("backend", ["func", "higher"])
 def test_adalfl_with_zero_meta_lr_equals_plain_sgd_with_the_frozen_loss(backend: str, tmp_path: Path) -> None:
     overrides = (
-        "model.batch_norm=true", "optimizer.momentum=0.9", "optimizer.nesterov=true",
-        "optimizer.weight_decay=5e-4", "dataset.milestones=[15,30]", "dataset.lr_gamma=0.2",
-        "dataset.log_interval=1", "checkpoint.every=0",
+        "model.batch_norm=true",
+        "optimizer.momentum=0.9",
+        "optimizer.nesterov=true",
+        "optimizer.weight_decay=5e-4",
+        "dataset.milestones=[15,30]",
+        "dataset.lr_gamma=0.2",
+        "dataset.log_interval=1",
+        "checkpoint.every=0",
     )
-    cfg = tiny("method=adalfl", "method.meta.init_steps=0", "method.meta.online_lr=0.0",
-               f"method.meta.backend={backend}", *overrides)
+    cfg = tiny(
+        "method=adalfl",
+        "method.meta.init_steps=0",
+        "method.meta.online_lr=0.0",
+        f"method.meta.backend={backend}",
+        *overrides,
+    )
     run(cfg, out_dir=tmp_path / "adalfl")
     phi = torch.load(tmp_path / "adalfl" / "learned_loss_start.pt")
 
@@ -96,8 +108,14 @@ def test_adalfl_with_zero_meta_lr_equals_plain_sgd_with_the_frozen_loss(backend:
 
 def test_non_finite_meta_gradient_skips_the_meta_step_only(job_dir: Path) -> None:
     # phi never leaves its random draw here: a small model and lr keep its base steps finite
-    cfg = tiny("dataset=diabetes", "method=adalfl", "method.meta.init_steps=0", "checkpoint.every=0",
-               "model.widths=[32,32]", "optimizer.lr=0.001")
+    cfg = tiny(
+        "dataset=diabetes",
+        "method=adalfl",
+        "method.meta.init_steps=0",
+        "checkpoint.every=0",
+        "model.widths=[32,32]",
+        "optimizer.lr=0.001",
+    )
     job, model = build_job(cfg, job_dir, torch.device("cpu"), Tracker(job_dir))
     job.data.val.y[:] = float("nan")  # every meta loss, hence every meta-gradient, is NaN
     method = AdaLFL(AdaLFLConfig(meta=OnlineMetaConfig(init_steps=0)))

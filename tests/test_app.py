@@ -16,8 +16,19 @@ from helpers import tiny
 from mainproc import run_main
 
 REQUIRED_KEYS = {
-    "status", "method", "dataset", "model", "seed", "metric_name", "test_metric", "best_val_metric",
-    "wall_time_s", "versions", "git_commit", "threads", "cpu_memory_reuse",
+    "status",
+    "method",
+    "dataset",
+    "model",
+    "seed",
+    "metric_name",
+    "test_metric",
+    "best_val_metric",
+    "wall_time_s",
+    "versions",
+    "git_commit",
+    "threads",
+    "cpu_memory_reuse",
 }
 
 
@@ -86,8 +97,19 @@ def test_device_is_recorded(job_dir: Path) -> None:
 def test_adalfl_job_prints_no_future_warning(tmp_path: Path) -> None:
     """PyTorch's `torch.jit.script is deprecated` FutureWarning (raised when the first jvp scripts its
     decompositions) is filtered by main.py; nothing else is, so any other warning still shows."""
-    proc = run_main(["+experiment=smoke", "dataset=digits", "method=adalfl", "dataset.steps=10", "offline.steps=2",
-                     "logger=none", "runtime.progress=false", f"hydra.run.dir={tmp_path}/job"], cwd=tmp_path)
+    proc = run_main(
+        [
+            "+experiment=smoke",
+            "dataset=digits",
+            "method=adalfl",
+            "dataset.steps=10",
+            "offline.steps=2",
+            "logger=none",
+            "runtime.progress=false",
+            f"hydra.run.dir={tmp_path}/job",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "job" / "result.json").read_text())["status"] == "done"
     assert "FutureWarning" not in proc.stderr, proc.stderr

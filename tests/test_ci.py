@@ -38,8 +38,11 @@ def test_actionlint_rejects_a_broken_workflow(tmp_path: Path) -> None:
     """The lint is real: an unknown runner key and a wrong expression are reported."""
     broken = tmp_path / ".github" / "workflows" / "ci.yml"
     broken.parent.mkdir(parents=True)
-    broken.write_text(WORKFLOW.read_text().replace("runs-on: ubuntu-latest", "runs_on: ubuntu-latest")
-                      .replace("steps.python.outputs.python-version", "steps.python.outputs"))
+    broken.write_text(
+        WORKFLOW.read_text()
+        .replace("runs-on: ubuntu-latest", "runs_on: ubuntu-latest")
+        .replace("steps.python.outputs.python-version", "steps.python.outputs")
+    )
     proc = _lint(broken)
     assert proc.returncode != 0 and '"runs-on" section is missing' in proc.stdout, proc.stdout
 
@@ -59,9 +62,16 @@ def test_workflow_runs_the_commands_of_ci_run_and_the_smoke_sweep() -> None:
     (job,) = workflow["jobs"].values()
     run_steps = _commands([line for step in job["steps"] if "run" in step for line in step["run"].splitlines()])
     ci_run = _commands((REPO / ".ci" / "run").read_text().splitlines()[1:])  # [1:]: the shebang
-    lint = [".venv/bin/ruff check", ".venv/bin/mypy"]  # the workflow runs them in `make lint`
-    assert ci_run == ["make install", *lint, "make test", "scripts/slurm_local.sh", ".venv/bin/python -m pytest -m slurm",
-                      "scripts/fetch_fashion_mnist.sh", ".venv/bin/python scripts/real_data_check.py --require-fashion"]
+    lint = [".venv/bin/ruff check", ".venv/bin/ruff format --check", ".venv/bin/mypy"]  # in the workflow: `make lint`
+    assert ci_run == [
+        "make install",
+        *lint,
+        "make test",
+        "scripts/slurm_local.sh",
+        ".venv/bin/python -m pytest -m slurm",
+        "scripts/fetch_fashion_mnist.sh",
+        ".venv/bin/python scripts/real_data_check.py --require-fashion",
+    ]
     others = [command for command in ci_run if command not in lint]
     assert [command for command in run_steps if command in others] == others  # all of them, in the same order
     assert run_steps.index("make lint") < run_steps.index("make test")
@@ -74,6 +84,9 @@ def test_workflow_runs_the_commands_of_ci_run_and_the_smoke_sweep() -> None:
     lint_python = makefile.split("\nlint-python:", 1)[1].split("\n\n", 1)[0]
     assert "lint: lint-python lint-workflow" in makefile
     assert [line.strip().replace("$(BIN)", ".venv/bin") for line in lint_python.splitlines()[1:]] == [
-        ".venv/bin/ruff check", ".venv/bin/ruff format --check", ".venv/bin/mypy"]
+        ".venv/bin/ruff check",
+        ".venv/bin/ruff format --check",
+        ".venv/bin/mypy",
+    ]
     assert '$(BIN)/python -m pytest -m "not slow and not slurm"' in makefile  # make test: the README's command
     assert 'pytest -m "not slow and not slurm"' in (REPO / "README.md").read_text()

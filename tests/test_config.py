@@ -99,8 +99,9 @@ def test_the_method_yaml_holds_the_dataclass_defaults(method: str) -> None:
             match = re.fullmatch(r"\$\{offline\.(\w+)\}", str(value))
             assert match and match.group(1) in offline, f"method.{key}: {value!r} is not an offline.* default"
         else:
-            assert value == defaults[key] and type(value) is type(defaults[key]), \
+            assert value == defaults[key] and type(value) is type(defaults[key]), (
                 f"method.{key}: the YAML says {value!r}, the dataclass {defaults[key]!r}"
+            )
 
 
 def test_the_method_yamls_only_hold_fields_the_dataclass_defines() -> None:
@@ -129,8 +130,14 @@ def test_every_logger_config_composes(logger: str) -> None:
 
 
 def test_optimizer_and_schedule_follow_the_config() -> None:
-    cfg = compose_config("optimizer.lr=0.2", "optimizer.momentum=0.9", "optimizer.nesterov=true",
-                         "optimizer.weight_decay=0.01", "dataset.milestones=[2,4]", "dataset.lr_gamma=0.5")
+    cfg = compose_config(
+        "optimizer.lr=0.2",
+        "optimizer.momentum=0.9",
+        "optimizer.nesterov=true",
+        "optimizer.weight_decay=0.01",
+        "dataset.milestones=[2,4]",
+        "dataset.lr_gamma=0.5",
+    )
     net = torch.nn.Linear(2, 1)
     opt, sched = _build_optimizer(cfg, list(net.parameters()))
     group = opt.param_groups[0]
@@ -160,10 +167,15 @@ def test_wrong_type_is_rejected_with_its_name() -> None:
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("optimizer.lr=-1", "optimizer.lr"), ("optimizer.lr=0", "optimizer.lr"),
-     ("dataset.steps=0", "dataset.steps"), ("dataset.batch_size=-4", "dataset.batch_size"),
-     ("logger.mode=sometimes", "logger.mode"), ("optimizer.nesterov=true", "optimizer.nesterov"),
-     ("runtime.cpu_memory=keep", "cpu_memory")],
+    [
+        ("optimizer.lr=-1", "optimizer.lr"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("dataset.steps=0", "dataset.steps"),
+        ("dataset.batch_size=-4", "dataset.batch_size"),
+        ("logger.mode=sometimes", "logger.mode"),
+        ("optimizer.nesterov=true", "optimizer.nesterov"),
+        ("runtime.cpu_memory=keep", "cpu_memory"),
+    ],
 )
 def test_unusable_values_are_refused_before_compute(override: str, key: str, job_dir: Path) -> None:
     cfg = tiny(override)
@@ -191,7 +203,6 @@ def test_data_is_loaded_as_device_tensors() -> None:
     cfg = compose_config()
     data = load_data(cfg.dataset, torch.device("cpu"))
     assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.long
-
 
 
 def test_help_shows_the_app_and_its_real_options_only(tmp_path: Path) -> None:

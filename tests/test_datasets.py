@@ -66,9 +66,15 @@ def md5(path: Path) -> str:
 # ----------------------------------------------------------------------------- writers (real formats)
 
 
-def write_mnist(root: Path, n_train: int = 100, n_test: int = 20, source: str = "MNIST",
-                gzipped: bool = False, prefixes: tuple[str, str] = ("train", "t10k"),
-                classes: int = 10) -> dict[str, np.ndarray]:
+def write_mnist(
+    root: Path,
+    n_train: int = 100,
+    n_test: int = 20,
+    source: str = "MNIST",
+    gzipped: bool = False,
+    prefixes: tuple[str, str] = ("train", "t10k"),
+    classes: int = 10,
+) -> dict[str, np.ndarray]:
     """idx-ubyte files (big-endian magic 2051/2049 and sizes) in <root>/<source>/raw, as torchvision
     reads them; ``gzipped``: only the ``*-ubyte.gz`` files, as distributions ship them. ``prefixes``
     name the train and test files (EMNIST: emnist-<split>-train, emnist-<split>-test)."""
@@ -78,8 +84,10 @@ def write_mnist(root: Path, n_train: int = 100, n_test: int = 20, source: str = 
     for prefix, n, seed in ((prefixes[0], n_train, 0), (prefixes[1], n_test, 1)):
         x = images(n, 1, 28, 28, seed)[:, 0]
         y = balanced_labels(n, classes, seed).astype(np.uint8)
-        files = {f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, 28, 28) + x.tobytes(),
-                 f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + y.tobytes()}
+        files = {
+            f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, 28, 28) + x.tobytes(),
+            f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + y.tobytes(),
+        }
         for name, content in files.items():
             if gzipped:
                 (raw / f"{name}.gz").write_bytes(gzip.compress(content))
@@ -104,7 +112,10 @@ def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: int = 
     for i in range(1, 6):
         x = images(per_batch, 3, 32, 32, i)
         y = balanced_labels(per_batch, 10, i)
-        _pickle(folder / f"data_batch_{i}", {"batch_label": f"batch {i}", "data": x.reshape(per_batch, -1), "labels": y.tolist()})
+        _pickle(
+            folder / f"data_batch_{i}",
+            {"batch_label": f"batch {i}", "data": x.reshape(per_batch, -1), "labels": y.tolist()},
+        )
         train_list.append([f"data_batch_{i}", md5(folder / f"data_batch_{i}")])
         written[f"data_batch_{i}"] = (x, y)
     x = images(n_test, 3, 32, 32, 9)
@@ -115,7 +126,9 @@ def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: int = 
     monkeypatch.setattr(datasets.CIFAR10, "train_list", train_list)
     monkeypatch.setattr(datasets.CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
     monkeypatch.setattr(
-        datasets.CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": md5(folder / "batches.meta")}
+        datasets.CIFAR10,
+        "meta",
+        {"filename": "batches.meta", "key": "label_names", "md5": md5(folder / "batches.meta")},
     )
     return written
 
@@ -128,9 +141,15 @@ def write_cifar100(root: Path, monkeypatch: pytest.MonkeyPatch, n_train: int = 1
     for name, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
         x = images(n, 3, 32, 32, seed)
         fine = balanced_labels(n, 100, seed)
-        _pickle(folder / name, {"data": x.reshape(n, -1), "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist()})
+        _pickle(
+            folder / name,
+            {"data": x.reshape(n, -1), "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist()},
+        )
         written[name] = (x, fine)
-    _pickle(folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]})
+    _pickle(
+        folder / "meta",
+        {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]},
+    )
     monkeypatch.setattr(datasets.CIFAR100, "train_list", [["train", md5(folder / "train")]])
     monkeypatch.setattr(datasets.CIFAR100, "test_list", [["test", md5(folder / "test")]])
     monkeypatch.setattr(
@@ -161,11 +180,19 @@ def write_california(root: Path, n: int = 50) -> np.ndarray:
     """scikit-learn's cache: joblib dump of the (N, 9) table [value, income, age, rooms, bedrooms,
     population, households, latitude, longitude] at <data_home>/cal_housing_py3.pkz."""
     rng = np.random.default_rng(0)
-    table = np.column_stack([
-        rng.uniform(1e4, 5e5, n), rng.uniform(0.5, 15, n), rng.integers(1, 52, n), rng.integers(100, 5000, n),
-        rng.integers(20, 1000, n), rng.integers(100, 5000, n), rng.integers(50, 1500, n),
-        rng.uniform(32, 42, n), rng.uniform(-124, -114, n),
-    ]).astype(np.float64)
+    table = np.column_stack(
+        [
+            rng.uniform(1e4, 5e5, n),
+            rng.uniform(0.5, 15, n),
+            rng.integers(1, 52, n),
+            rng.integers(100, 5000, n),
+            rng.integers(20, 1000, n),
+            rng.integers(100, 5000, n),
+            rng.integers(50, 1500, n),
+            rng.uniform(32, 42, n),
+            rng.uniform(-124, -114, n),
+        ]
+    ).astype(np.float64)
     home = root / "scikit_learn_data"
     home.mkdir(parents=True)
     joblib.dump(table, home / "cal_housing_py3.pkz", compress=6)
@@ -256,8 +283,13 @@ def test_fashion_mnist_reads_gzipped_idx_files(tmp_path: Path) -> None:
     assert not list(raw.glob("*.partial"))
 
 
-@pytest.mark.parametrize(("damage", "reason"), [("random bytes", r"could not parse its files \(AssertionError\)"),
-                                               ("truncated", "found no complete, uncorrupted copy")])
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("random bytes", r"could not parse its files \(AssertionError\)"),
+        ("truncated", "found no complete, uncorrupted copy"),
+    ],
+)
 def test_mnist_files_torchvision_cannot_parse_are_a_data_error(damage: str, reason: str, tmp_path: Path) -> None:
     """torchvision's idx reader asserts (often with an empty message) on a damaged file: that becomes
     the same one-line data error as a missing file, naming the folder and the way out."""
@@ -399,9 +431,19 @@ def test_main_fails_fast_on_missing_cifar10_and_records_it(tmp_path: Path) -> No
     empty.mkdir()
     env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "WANDB_SILENT": "true", "HOME": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "main.py"), "dataset=cifar10", f"dataset.root={empty}", "logger=none",
-         f"hydra.run.dir={job}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            "dataset=cifar10",
+            f"dataset.root={empty}",
+            "logger=none",
+            f"hydra.run.dir={job}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "dataset=cifar10" in proc.stderr and "download=true" in proc.stderr
@@ -429,7 +471,10 @@ def test_random_crop_cuts_a_window_of_the_padded_image(flip: bool) -> None:
     offsets, mirrors = set(), 0
     for i in range(len(x)):
         found = [
-            (t, left, m) for t in range(5) for left in range(5) for m in (False, True)
+            (t, left, m)
+            for t in range(5)
+            for left in range(5)
+            for m in (False, True)
             if torch.equal(out[i].flip(2) if m else out[i], padded[i, :, t : t + 8, left : left + 8])
         ]
         assert found, f"image {i} is not a (mirrored) window of its padded input"
@@ -494,16 +539,28 @@ def _one_step(cfg: DictConfig, out: Path) -> dict:
 
 def test_app_trains_lenet5_on_mnist_files(tmp_path: Path) -> None:
     write_mnist(tmp_path / "data")
-    cfg = compose_config("dataset=mnist", f"dataset.root={tmp_path / 'data'}", "model=lenet5", "method=ce", "logger=none",
-                         "dataset.batch_size=32")  # the fixture's training split is smaller than 128
+    cfg = compose_config(
+        "dataset=mnist",
+        f"dataset.root={tmp_path / 'data'}",
+        "model=lenet5",
+        "method=ce",
+        "logger=none",
+        "dataset.batch_size=32",
+    )  # the fixture's training split is smaller than 128
     result = _one_step(cfg, tmp_path / "job")
     assert result["status"] == "done" and 0.0 <= result["test_metric"] <= 1.0
 
 
 def test_app_trains_an_mlp_on_communities_file(tmp_path: Path) -> None:
     write_communities(tmp_path / "data")
-    cfg = compose_config("dataset=communities_crime", f"dataset.root={tmp_path / 'data'}", "model=mlp", "method=ce", "logger=none",
-                         "dataset.batch_size=32")  # the fixture's training split is smaller than 128
+    cfg = compose_config(
+        "dataset=communities_crime",
+        f"dataset.root={tmp_path / 'data'}",
+        "model=mlp",
+        "method=ce",
+        "logger=none",
+        "dataset.batch_size=32",
+    )  # the fixture's training split is smaller than 128
     result = _one_step(cfg, tmp_path / "job")
     assert result["status"] == "done" and np.isfinite(result["test_metric"])
 
@@ -573,8 +630,15 @@ def write_config_dir(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def write_emnist(root: Path) -> None:
-    write_mnist(root, n_train=470, n_test=94, source="EMNIST", gzipped=True,
-                prefixes=("emnist-balanced-train", "emnist-balanced-test"), classes=47)
+    write_mnist(
+        root,
+        n_train=470,
+        n_test=94,
+        source="EMNIST",
+        gzipped=True,
+        prefixes=("emnist-balanced-train", "emnist-balanced-test"),
+        classes=47,
+    )
 
 
 def write_toy_csv(root: Path, n: int = 80) -> np.ndarray:
@@ -593,8 +657,9 @@ def _search_path(conf: Path) -> str:
     return f"hydra.searchpath=[file://{conf}]"
 
 
-@pytest.mark.parametrize(("name", "text", "write"), [("emnist_balanced", EMNIST_YAML, write_emnist),
-                                                     ("toy_csv", CSV_YAML, write_toy_csv)])
+@pytest.mark.parametrize(
+    ("name", "text", "write"), [("emnist_balanced", EMNIST_YAML, write_emnist), ("toy_csv", CSV_YAML, write_toy_csv)]
+)
 def test_a_new_dataset_is_one_yaml_file(name: str, text: str, write, tmp_path: Path) -> None:
     """A dataset YAML in another config folder (on Hydra's search path) and its files in their real
     format: `python main.py dataset=<name>` trains on it, with no Python written."""
@@ -603,8 +668,19 @@ def test_a_new_dataset_is_one_yaml_file(name: str, text: str, write, tmp_path: P
     conf = write_config_dir(tmp_path, name, text)
     write(tmp_path / "data")
     job = tmp_path / "job"
-    proc = run_main([_search_path(conf), f"dataset={name}", f"dataset.root={tmp_path / 'data'}", "method=ce",
-                     "logger=none", "runtime.progress=false", "checkpoint.every=0", f"hydra.run.dir={job}"], cwd=tmp_path)
+    proc = run_main(
+        [
+            _search_path(conf),
+            f"dataset={name}",
+            f"dataset.root={tmp_path / 'data'}",
+            "method=ce",
+            "logger=none",
+            "runtime.progress=false",
+            "checkpoint.every=0",
+            f"hydra.run.dir={job}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "done" and result["dataset"] == name
@@ -616,12 +692,15 @@ def test_new_yamls_read_what_they_name(tmp_path: Path) -> None:
     write_emnist(tmp_path / "data")
     conf = write_config_dir(tmp_path, "emnist_balanced", EMNIST_YAML)
     (conf / "dataset" / "toy_csv.yaml").write_text(CSV_YAML)
-    emnist = load_data(compose_config(_search_path(conf), "dataset=emnist_balanced",
-                                      f"dataset.root={tmp_path / 'data'}").dataset, CPU)
+    emnist = load_data(
+        compose_config(_search_path(conf), "dataset=emnist_balanced", f"dataset.root={tmp_path / 'data'}").dataset, CPU
+    )
     assert emnist.info["source"] == "torchvision EMNIST" and int(emnist.train.y.max()) == 46
     _assert_stratified_holdout(emnist, 470, 47)
     values = write_toy_csv(tmp_path / "data")
-    table = load_data(compose_config(_search_path(conf), "dataset=toy_csv", f"dataset.root={tmp_path / 'data'}").dataset, CPU)
+    table = load_data(
+        compose_config(_search_path(conf), "dataset=toy_csv", f"dataset.root={tmp_path / 'data'}").dataset, CPU
+    )
     assert (len(table.train), len(table.val), len(table.test)) == (57, 7, 16)
     assert table.train.x.shape == (57, 3) and torch.isfinite(table.train.x).all()  # a, b, c; the gap filled
     y_all = torch.cat([table.train.y, table.val.y, table.test.y]).flatten().double().sort().values
@@ -633,26 +712,47 @@ def test_new_yamls_read_what_they_name(tmp_path: Path) -> None:
 def test_csv_class_names_become_indices(tmp_path: Path) -> None:
     rows = ["x1,x2,kind"] + [f"{i},{i % 7},{['cat', 'dog', 'eel'][i % 3]}" for i in range(60)]
     (tmp_path / "pets.csv").write_text("\n".join(rows) + "\n")
-    data = load_data(dataset_cfg("communities_crime", tmp_path, "dataset.folder=''", "dataset.file=pets.csv",
-                                 "dataset.columns=null", "dataset.target=kind", "dataset.drop=[]",
-                                 "dataset.task=classification", "dataset.num_outputs=3", "dataset.input_shape=[2]"), CPU)
+    data = load_data(
+        dataset_cfg(
+            "communities_crime",
+            tmp_path,
+            "dataset.folder=''",
+            "dataset.file=pets.csv",
+            "dataset.columns=null",
+            "dataset.target=kind",
+            "dataset.drop=[]",
+            "dataset.task=classification",
+            "dataset.num_outputs=3",
+            "dataset.input_shape=[2]",
+        ),
+        CPU,
+    )
     assert sorted(torch.cat([data.train.y, data.val.y, data.test.y]).unique().tolist()) == [0, 1, 2]
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["dataset=mnist", "dataset.source=MNST"], "torchvision.datasets has no dataset class 'MNST'"),
-    (["dataset=mnist", "dataset.source=utils"], "no dataset class 'utils'"),
-    (["dataset=mnist", "dataset.part_arg=split"], "part_arg of torchvision MNIST: .*'split'"),
-    (["dataset=mnist", "dataset.part_arg=part"], r"dataset.part_arg must be one of \['train', 'split'\]"),
-    (["dataset=digits", "dataset.source=load_digitz"], "sklearn.datasets has no load_\\* or fetch_\\* function 'load_digitz'"),
-    (["dataset=digits", "dataset.source=null"], "set exactly one of dataset.source"),
-    (["dataset=communities_crime", "dataset.target=Crimes"], r"no column \['Crimes'\] in .*communities.data"),
-    (["dataset=communities_crime", "dataset.drop=[state, fold, town]"], r"no column \['town'\]"),
-    (["dataset=communities_crime", "dataset.drop=[state, county, community, fold]"],
-     "column 'communityname' .* holds 'Town0city', not a number: add it to dataset.drop"),
-])
-def test_bad_dataset_yaml_values_are_config_errors(overrides: list[str], message: str, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["dataset=mnist", "dataset.source=MNST"], "torchvision.datasets has no dataset class 'MNST'"),
+        (["dataset=mnist", "dataset.source=utils"], "no dataset class 'utils'"),
+        (["dataset=mnist", "dataset.part_arg=split"], "part_arg of torchvision MNIST: .*'split'"),
+        (["dataset=mnist", "dataset.part_arg=part"], r"dataset.part_arg must be one of \['train', 'split'\]"),
+        (
+            ["dataset=digits", "dataset.source=load_digitz"],
+            "sklearn.datasets has no load_\\* or fetch_\\* function 'load_digitz'",
+        ),
+        (["dataset=digits", "dataset.source=null"], "set exactly one of dataset.source"),
+        (["dataset=communities_crime", "dataset.target=Crimes"], r"no column \['Crimes'\] in .*communities.data"),
+        (["dataset=communities_crime", "dataset.drop=[state, fold, town]"], r"no column \['town'\]"),
+        (
+            ["dataset=communities_crime", "dataset.drop=[state, county, community, fold]"],
+            "column 'communityname' .* holds 'Town0city', not a number: add it to dataset.drop",
+        ),
+    ],
+)
+def test_bad_dataset_yaml_values_are_config_errors(
+    overrides: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_mnist(tmp_path)
     write_communities(tmp_path)
     with pytest.raises(ConfigError, match=message):
@@ -661,8 +761,11 @@ def test_bad_dataset_yaml_values_are_config_errors(overrides: list[str], message
 
 def test_a_file_without_url_says_where_to_put_it(tmp_path: Path) -> None:
     cfg = dataset_cfg("communities_crime", tmp_path, "dataset.url=null")
-    with pytest.raises(DataNotFoundError, match=rf"Communities and Crime not found in {tmp_path}/communities "
-                                                 r"\(no communities.data\); copy communities.data there"):
+    with pytest.raises(
+        DataNotFoundError,
+        match=rf"Communities and Crime not found in {tmp_path}/communities "
+        r"\(no communities.data\); copy communities.data there",
+    ):
         load_data(cfg, CPU)
 
 
@@ -672,8 +775,9 @@ def test_an_argument_torchvision_does_not_take_is_a_config_error(tmp_path: Path)
         load_data(dataset_cfg("mnist", tmp_path, "+dataset.source_args.split=balanced"), CPU)
 
 
-def test_gzipped_idx_unpacking_survives_a_second_job_unpacking_at_the_same_time(tmp_path: Path,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gzipped_idx_unpacking_survives_a_second_job_unpacking_at_the_same_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The jobs of a parallel sweep unpack the same files on first use (CI's Fashion-MNIST check once
     failed this way: two jobs shared one temporary file and the second rename found it gone). Here a
     second unpacker runs to completion in the middle of the first one's copy: both must succeed and

@@ -24,7 +24,9 @@ def test_monitor_fails_after_patience_consecutive_dead_steps_only() -> None:
     monitor.note_gradient(40, 0.0)
     monitor.note_gradient(50, 0.0)
     monitor.note_health(50, {"scale": 3.0}, frozen=False)  # a loss with a shape: not an observation
-    with pytest.raises(DeadLossError, match=r"no gradient for 3 logged steps in a row \(steps 40-60\).*Lower something"):
+    with pytest.raises(
+        DeadLossError, match=r"no gradient for 3 logged steps in a row \(steps 40-60\).*Lower something"
+    ):
         monitor.note_gradient(60, 1e-12)
     assert monitor.summary() == {"dead_loss": {"dead_logged_steps": 5, "longest_run": 3}}
 
@@ -43,8 +45,10 @@ def test_patience_zero_only_counts_and_a_frozen_constant_loss_fails_at_once() ->
 def test_adalfl_whose_loss_dies_fails_with_the_reason(job_dir: Path) -> None:
     """online_lr=10: from step 10 on the base gradient norm is at most 3.9e-12 (measured), the model stops."""
     with pytest.raises(DeadLossError, match=r"learned loss is dead.*method.meta.online_lr \(10\)"):
-        run(tiny("method=adalfl", "method.meta.online_lr=10", "dataset.steps=300", "dataset.log_interval=10", *FAST),
-            out_dir=job_dir)
+        run(
+            tiny("method=adalfl", "method.meta.online_lr=10", "dataset.steps=300", "dataset.log_interval=10", *FAST),
+            out_dir=job_dir,
+        )
     result = json.loads((job_dir / "result.json").read_text())
     assert result["status"] == "failed" and result["error"].startswith("DeadLossError: the learned loss is dead")
     assert result["dead_loss"]["longest_run"] == 10 and "loss_health" in result

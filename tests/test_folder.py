@@ -17,13 +17,24 @@ from adalfl.app import USER_ERRORS, run
 from adalfl.methods.base import FixedLossMethod
 from adalfl.train.checkpoint import Checkpointer
 from adalfl.train.folder import (
-    ConfigMismatch, FolderInUse, config_identity, differences, fingerprint, folder_lock,
+    ConfigMismatch,
+    FolderInUse,
+    config_identity,
+    differences,
+    fingerprint,
+    folder_lock,
 )
 
 from helpers import REPO, tiny
 from mainproc import run_main
 
-FAST = ("model.widths=[32,32]", "runtime.threads=1", "dataset.steps=30", "dataset.eval_interval=10", "checkpoint.every=10")
+FAST = (
+    "model.widths=[32,32]",
+    "runtime.threads=1",
+    "dataset.steps=30",
+    "dataset.eval_interval=10",
+    "checkpoint.every=10",
+)
 
 
 def job(*overrides: str):
@@ -49,11 +60,24 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
 
 # --- identity ---------------------------------------------------------------------------------
 
+
 def test_identity_leaves_out_run_time_switches_only() -> None:
     base = config_identity(job())
-    switched = job("runtime.threads=2", "runtime.device=cpu", "runtime.progress=true", "checkpoint.every=3", "checkpoint.resume=false",
-                   "logger=wandb", "logger.mode=disabled", "logger.project=x", "runtime.cpu_memory=system",
-                   "runtime.channels_last=false", "runtime.deterministic=true", "restart=true", "dataset.root=/elsewhere")
+    switched = job(
+        "runtime.threads=2",
+        "runtime.device=cpu",
+        "runtime.progress=true",
+        "checkpoint.every=3",
+        "checkpoint.resume=false",
+        "logger=wandb",
+        "logger.mode=disabled",
+        "logger.project=x",
+        "runtime.cpu_memory=system",
+        "runtime.channels_last=false",
+        "runtime.deterministic=true",
+        "restart=true",
+        "dataset.root=/elsewhere",
+    )
     assert config_identity(switched) == base
     assert fingerprint(config_identity(switched)) == fingerprint(base)
     for changed in ("optimizer.lr=0.1", "seed=1", "dataset.steps=31", "model.widths=[32,16]", "offline.steps=3"):
@@ -65,6 +89,7 @@ def test_identity_leaves_out_run_time_switches_only() -> None:
 
 
 # --- a finished job ---------------------------------------------------------------------------
+
 
 def test_finished_job_rerun_with_another_config_is_refused_and_kept(job_dir: Path) -> None:
     first = run(job(), out_dir=job_dir)
@@ -100,6 +125,7 @@ def test_restart_sets_the_old_job_aside_and_runs_the_new_config(job_dir: Path) -
 
 # --- a checkpoint -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("result_json", ["failed", "none"], ids=["crashed", "killed"])
 def test_checkpoint_of_another_config_is_refused_not_resumed(job_dir: Path, monkeypatch, result_json: str) -> None:
     with monkeypatch.context() as patch:
@@ -110,7 +136,9 @@ def test_checkpoint_of_another_config_is_refused_not_resumed(job_dir: Path, monk
         (job_dir / "result.json").unlink()
     checkpoint = (job_dir / "checkpoint.pt").read_bytes()
     assert Checkpointer(job_dir).load()["config_identity"] == config_identity(job())
-    with pytest.raises(ConfigMismatch, match=r"a checkpoint \(step 20\) of another config \(optimizer.lr was 0.01, now 0.1\)"):
+    with pytest.raises(
+        ConfigMismatch, match=r"a checkpoint \(step 20\) of another config \(optimizer.lr was 0.01, now 0.1\)"
+    ):
         run(job("optimizer.lr=0.1"), out_dir=job_dir)
     assert (job_dir / "checkpoint.pt").read_bytes() == checkpoint
     # The same config resumes it; a changed run-time switch does not matter.
@@ -170,6 +198,7 @@ def test_a_folder_from_before_the_runtime_node_is_recognised(job_dir: Path) -> N
 
 # --- one writer -------------------------------------------------------------------------------
 
+
 def test_a_second_writer_is_refused_while_the_first_holds_the_folder(job_dir: Path) -> None:
     with folder_lock(job_dir):
         with pytest.raises(FolderInUse, match=r"is in use by a running job \(pid \d+ on .+, started "):
@@ -182,10 +211,16 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder(job_dir: Pa
 
 def test_the_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
     """A holder that dies (SIGKILL: no clean-up at all) never leaves a stale lock."""
-    code = ("import sys, time; from pathlib import Path; from adalfl.train.folder import folder_lock\n"
-            "with folder_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)")
-    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                             env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys, time; from pathlib import Path; from adalfl.train.folder import folder_lock\n"
+        "with folder_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+    )
     try:
         assert child.stdout.readline().strip() == "locked"
         with pytest.raises(FolderInUse, match=f"pid {child.pid}"):

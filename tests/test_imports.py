@@ -30,15 +30,18 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 
 def test_a_cycle_an_upward_import_and_an_unplaced_unit_are_reported(tmp_path: Path) -> None:
-    _write(tmp_path / "adalfl", {
-        "__init__.py": "",
-        "config.py": "def schemas():\n    from adalfl.methods import ce\n",  # upward, inside a function
-        "methods/__init__.py": "",
-        "methods/ce.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .base import Method\n",
-        "methods/base.py": "from adalfl.methods.ce import CrossEntropy\n",
-        "methods/checks.py": "from adalfl import config\n",  # with config.py's import: units in a cycle
-        "extras/__init__.py": "",
-    })
+    _write(
+        tmp_path / "adalfl",
+        {
+            "__init__.py": "",
+            "config.py": "def schemas():\n    from adalfl.methods import ce\n",  # upward, inside a function
+            "methods/__init__.py": "",
+            "methods/ce.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .base import Method\n",
+            "methods/base.py": "from adalfl.methods.ce import CrossEntropy\n",
+            "methods/checks.py": "from adalfl import config\n",  # with config.py's import: units in a cycle
+            "extras/__init__.py": "",
+        },
+    )
     proc = _check(str(tmp_path / "adalfl"))
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()

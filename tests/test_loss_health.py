@@ -27,7 +27,9 @@ class _Pointwise(nn.Module):
 
 
 def _health(task: Task, fn) -> dict[str, float]:
-    return loss_health(OutputWiseLoss(task, _Pointwise(fn), reduction="mean", task_loss_term=False, residual=False), task)
+    return loss_health(
+        OutputWiseLoss(task, _Pointwise(fn), reduction="mean", task_loss_term=False, residual=False), task
+    )
 
 
 def test_squared_error_is_healthy() -> None:

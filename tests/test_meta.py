@@ -24,8 +24,16 @@ from helpers import TEST_DEVICE
 TASK = Task("classification", 3)
 # The loss network these tests were written for, every argument spelt out: PointwiseNetwork has no
 # defaults of its own (the job's come from the method's config, adalfl.methods.learned_loss.LossNetConfig).
-NET = {"hidden": (8, 8), "activation": "smooth_leaky_relu", "output_activation": "smooth_leaky_relu", "beta": 10.0,
-       "gamma": 0.01, "init": "default", "bias": True, "inputs": 2}
+NET = {
+    "hidden": (8, 8),
+    "activation": "smooth_leaky_relu",
+    "output_activation": "smooth_leaky_relu",
+    "beta": 10.0,
+    "gamma": 0.01,
+    "init": "default",
+    "bias": True,
+    "inputs": 2,
+}
 
 
 # OutputWiseLoss has no defaults: the plain loss (the paper's mean over outputs, on pairs, without L_T)
@@ -34,6 +42,8 @@ PLAIN = {"reduction": "mean", "task_loss_term": False, "residual": False}
 
 def _net(**changes: object) -> PointwiseNetwork:
     return PointwiseNetwork(**{**NET, **changes})
+
+
 SGD_KW = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
 
 
@@ -160,7 +170,9 @@ def test_frozen_loss_lookahead_reproduces_torch_sgd(backend: str, nesterov: bool
     for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for p_a, p_b in zip(model.parameters(), twin.parameters()):
-        torch.testing.assert_close(opt_a.state[p_a]["momentum_buffer"], opt_b.state[p_b]["momentum_buffer"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            opt_a.state[p_a]["momentum_buffer"], opt_b.state[p_b]["momentum_buffer"], rtol=1e-5, atol=1e-6
+        )
 
 
 def test_sgd_update_is_torch_sgd_bit_for_bit() -> None:
@@ -221,7 +233,9 @@ class _Reuses(nn.Module):
         return self.head(h.flatten(1))
 
 
-def _recorded_and_plain_jvp(model: nn.Module, x: torch.Tensor, record: ForwardRecord) -> tuple[torch.Tensor, torch.Tensor]:
+def _recorded_and_plain_jvp(
+    model: nn.Module, x: torch.Tensor, record: ForwardRecord
+) -> tuple[torch.Tensor, torch.Tensor]:
     """J t from the recorded forward, and from plain forward-mode AD, for random tangents t."""
     names, params = zip(*model.named_parameters())
     tangents = [torch.randn_like(p) for p in params]
@@ -259,7 +273,9 @@ class _TanhPointwise(nn.Module):  # a pointwise function without value_and_slope
 
 
 @pytest.mark.parametrize("kind", ["classification", "regression"])
-@pytest.mark.parametrize("pointwise", ["smooth_leaky_relu", "relu_softplus", "no_bias_sum_task_term", "taylor", "other"])
+@pytest.mark.parametrize(
+    "pointwise", ["smooth_leaky_relu", "relu_softplus", "no_bias_sum_task_term", "taylor", "other"]
+)
 def test_explicit_output_gradient_equals_autograd_to_second_order(kind: str, pointwise: str) -> None:
     """s = dM/d output written out by the loss equals autograd's, and so does its derivative in
     the loss parameters (what the meta-gradient uses), in float64."""
@@ -318,8 +334,13 @@ class _ChainsCalledTwice(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True))
+        self.features = nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
         self.head = nn.Linear(4 * 4 * 4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -349,9 +370,15 @@ class _ValueAndSlope(nn.Module):
         return self.net.value_and_slope(pairs)
 
 
-@pytest.mark.parametrize(("hidden", "output", "bias"), [("smooth_leaky_relu", "smooth_leaky_relu", True),
-                                                        ("relu", "softplus", True), ("smooth_leaky_relu", "none", True),
-                                                        ("smooth_leaky_relu", "none", False)])
+@pytest.mark.parametrize(
+    ("hidden", "output", "bias"),
+    [
+        ("smooth_leaky_relu", "smooth_leaky_relu", True),
+        ("relu", "softplus", True),
+        ("smooth_leaky_relu", "none", True),
+        ("smooth_leaky_relu", "none", False),
+    ],
+)
 def test_value_and_slope_backward_passes_gradcheck(hidden: str, output: str, bias: bool) -> None:
     """The written-out backward of l and dl/dprediction, in the pairs and in every parameter."""
     torch.manual_seed(0)

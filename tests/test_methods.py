@@ -41,6 +41,7 @@ def _job(tmp_path: Path, *overrides: str):
 
 # --- end to end -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dataset", ["diabetes", "digits"])
 @pytest.mark.parametrize("method", ["ml3", "taylorglo", "metalr"])
 def test_method_end_to_end(method: str, dataset: str, job_dir: Path) -> None:
@@ -123,6 +124,7 @@ def test_invalid_values_are_refused(job_dir: Path) -> None:
 
 # --- ML3 -------------------------------------------------------------------------------------
 
+
 def _val_loss_after_one_step(job, loss, seeds: range) -> float:
     """Algorithm 1's objective, measured exactly: L_T on the whole validation split after one SGD
     step on the whole training split, averaged over fresh initialisations."""
@@ -141,8 +143,12 @@ def _val_loss_after_one_step(job, loss, seeds: range) -> float:
 
 def test_ml3_offline_training_lowers_the_validation_task_loss(tmp_path: Path) -> None:
     job, model = _job(tmp_path, "dataset=diabetes", "optimizer.lr=0.05")
-    method = ML3(ML3Config(loss=LossNetConfig(activation="relu", output_activation="softplus"),
-                           meta=OfflineMetaConfig(init_steps=150, init_lr=1e-2)))
+    method = ML3(
+        ML3Config(
+            loss=LossNetConfig(activation="relu", output_activation="softplus"),
+            meta=OfflineMetaConfig(init_steps=150, init_lr=1e-2),
+        )
+    )
     method.setup(job, model)
     torch.manual_seed(123)
     before = _val_loss_after_one_step(job, method.loss, range(100, 108))
@@ -154,6 +160,7 @@ def test_ml3_offline_training_lowers_the_validation_task_loss(tmp_path: Path) ->
 
 
 # --- TaylorGLO -------------------------------------------------------------------------------
+
 
 def test_taylor_polynomial_value_and_gradient_match_a_hand_computation() -> None:
     a, b, c1, c2, c3, c4, c5, c6 = 0.5, -0.25, 1.5, -2.0, 0.75, 3.0, -1.25, 0.5
@@ -189,7 +196,9 @@ def test_cmaes_best_fitness_never_worsens_and_improves_on_a_toy_problem() -> Non
         return float(((x - target) ** 2).sum())
 
     gens = []
-    best_x, best_f = cmaes_minimise(fitness, np.zeros(4), 1.0, population=8, generations=25, seed=0, on_generation=gens.append)
+    best_x, best_f = cmaes_minimise(
+        fitness, np.zeros(4), 1.0, population=8, generations=25, seed=0, on_generation=gens.append
+    )
     start = float((target**2).sum())
     assert [g.index for g in gens] == list(range(26)) and gens[0].best_so_far == pytest.approx(start)
     so_far = [g.best_so_far for g in gens]
@@ -200,8 +209,14 @@ def test_cmaes_best_fitness_never_worsens_and_improves_on_a_toy_problem() -> Non
 
 
 def test_cmaes_keeps_the_start_when_nothing_beats_it() -> None:
-    best_x, best_f = cmaes_minimise(lambda x: float((x**2).sum()) if not x.any() else 1.0 + float((x**2).sum()),
-                                    np.zeros(3), 0.5, population=4, generations=3, seed=1)
+    best_x, best_f = cmaes_minimise(
+        lambda x: float((x**2).sum()) if not x.any() else 1.0 + float((x**2).sum()),
+        np.zeros(3),
+        0.5,
+        population=4,
+        generations=3,
+        seed=1,
+    )
     assert best_f == 0.0 and not best_x.any()
 
 
@@ -222,9 +237,14 @@ def test_partial_training_is_the_same_run_for_every_candidate(tmp_path: Path) ->
 
 def test_taylorglo_search_logs_monotone_best_and_keeps_the_best_candidate(tmp_path: Path) -> None:
     job, model = _job(tmp_path, "dataset=diabetes", "optimizer.lr=0.01")
-    method = TaylorGLO(TaylorGLOConfig(search="cmaes", init="squared_error",
-                                       cmaes=CMAESConfig(population=6, generations=4, sigma=1.0, partial_steps=15),
-                                       meta=OfflineMetaConfig(init_steps=0)))
+    method = TaylorGLO(
+        TaylorGLOConfig(
+            search="cmaes",
+            init="squared_error",
+            cmaes=CMAESConfig(population=6, generations=4, sigma=1.0, partial_steps=15),
+            meta=OfflineMetaConfig(init_steps=0),
+        )
+    )
     method.setup(job, model)
     method.offline(job, model)
     gens = [r for r in job.tracker.records if "offline/cmaes_best_so_far" in r]
@@ -237,24 +257,36 @@ def test_taylorglo_search_logs_monotone_best_and_keeps_the_best_candidate(tmp_pa
 
 # --- meta-learned learning rate -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("phase", ["offline", "online"])
 def test_metalr_raises_a_learning_rate_that_starts_far_too_small(phase: str, tmp_path: Path) -> None:
     job, model = _job(tmp_path, "dataset=diabetes", "optimizer.lr=0.01")
     start = 1e-5
-    meta = {"init_steps": 60, "init_lr": 0.05, "online_lr": 0.0} if phase == "offline" else \
-           {"init_steps": 0, "init_lr": 0.0, "online_lr": 0.1}
+    meta = (
+        {"init_steps": 60, "init_lr": 0.05, "online_lr": 0.0}
+        if phase == "offline"
+        else {"init_steps": 0, "init_lr": 0.0, "online_lr": 0.1}
+    )
     method = MetaLR(MetaLRConfig(meta=OnlineMetaConfig(**meta), initial_lr=start))
     fit(job, model, method)
     job.tracker.close()
     assert float(method.lr) > 10 * start
-    series = job.tracker.series("offline" if phase == "offline" else "train",
-                                "offline/meta_lr" if phase == "offline" else "train/meta_lr")[1]
+    series = job.tracker.series(
+        "offline" if phase == "offline" else "train", "offline/meta_lr" if phase == "offline" else "train/meta_lr"
+    )[1]
     assert series[-1] > series[0]
 
 
 def test_metalr_with_frozen_lr_is_plain_sgd_and_the_schedule_multiplies_the_learned_lr(tmp_path: Path) -> None:
-    common = ("optimizer.momentum=0.9", "optimizer.nesterov=true", "optimizer.weight_decay=5e-4",
-              "dataset.milestones=[15,30]", "dataset.lr_gamma=0.2", "dataset.log_interval=1", "checkpoint.every=0")
+    common = (
+        "optimizer.momentum=0.9",
+        "optimizer.nesterov=true",
+        "optimizer.weight_decay=5e-4",
+        "dataset.milestones=[15,30]",
+        "dataset.lr_gamma=0.2",
+        "dataset.log_interval=1",
+        "checkpoint.every=0",
+    )
     run(tiny("method=metalr", "offline.steps=0", "method.meta.online_lr=0.0", *common), out_dir=tmp_path / "metalr")
     run(tiny("method=ce", *common), out_dir=tmp_path / "ce")
     metalr, ce = _records(tmp_path / "metalr"), _records(tmp_path / "ce")
@@ -267,10 +299,22 @@ def test_metalr_with_frozen_lr_is_plain_sgd_and_the_schedule_multiplies_the_lear
 
 # --- smoke sweep ------------------------------------------------------------------------------
 
+
 def test_smoke_sweep_over_every_method(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_main(["-m", "dataset=diabetes,digits", "method=ce,ml3,taylorglo,adalfl,metalr", "seed=0",
-                     "+experiment=smoke", "runtime.threads=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    proc = run_main(
+        [
+            "-m",
+            "dataset=diabetes,digits",
+            "method=ce,ml3,taylorglo,adalfl,metalr",
+            "seed=0",
+            "+experiment=smoke",
+            "runtime.threads=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
     # runtime.threads=1: about 20 s; two torch threads per job on a busy 2-core machine took minutes.
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}

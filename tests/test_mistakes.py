@@ -47,8 +47,9 @@ def no_data(monkeypatch: pytest.MonkeyPatch) -> None:
         (["logger.init_timeout=0"], "logger.init_timeout must be positive"),
     ],
 )
-def test_bad_values_are_refused_before_the_data_is_loaded(overrides: list[str], message: str, job_dir: Path,
-                                                          no_data: None) -> None:
+def test_bad_values_are_refused_before_the_data_is_loaded(
+    overrides: list[str], message: str, job_dir: Path, no_data: None
+) -> None:
     with pytest.raises(ConfigError, match=message) as refused:
         run(tiny(*FAST, *overrides), out_dir=job_dir)
     assert "\n" not in str(refused.value)
@@ -79,8 +80,11 @@ def test_a_bad_choice_is_refused_when_the_config_is_composed(overrides: list[str
 
 
 def test_a_bad_choice_in_a_config_built_in_python_names_the_allowed_values() -> None:
-    with pytest.raises(ConfigError, match=r"method.loss.activation must be one of "
-                                          r"\['smooth_leaky_relu', 'relu', 'softplus', 'none'\], got 'foo'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"method.loss.activation must be one of "
+        r"\['smooth_leaky_relu', 'relu', 'softplus', 'none'\], got 'foo'",
+    ):
         LossNetConfig(activation="foo")
 
 
@@ -94,13 +98,19 @@ def test_a_bad_choice_on_the_command_line_is_one_message(tmp_path: Path) -> None
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_on_a_machine_without_it_is_one_line(job_dir: Path, no_data: None) -> None:
-    with pytest.raises(ConfigError, match="runtime.device=cuda: torch sees no CUDA device on this machine; use runtime.device=auto or runtime.device=cpu"):
+    with pytest.raises(
+        ConfigError,
+        match="runtime.device=cuda: torch sees no CUDA device on this machine; use runtime.device=auto or runtime.device=cpu",
+    ):
         run(tiny(*FAST, "runtime.device=cuda"), out_dir=job_dir)
 
 
 def test_a_batch_larger_than_the_training_split_is_refused(job_dir: Path) -> None:
-    with pytest.raises(ConfigError, match=r"dataset.batch_size=100000 is larger than the training split of digits "
-                                          r"\(1293 examples\); use at most 1293"):
+    with pytest.raises(
+        ConfigError,
+        match=r"dataset.batch_size=100000 is larger than the training split of digits "
+        r"\(1293 examples\); use at most 1293",
+    ):
         run(tiny(*FAST, "dataset.batch_size=100000"), out_dir=job_dir)
     assert not (job_dir / "metrics.jsonl").exists()
 
@@ -123,9 +133,11 @@ def test_wandb_start_up_waits_only_the_configured_time(job_dir: Path, monkeypatc
 
 @pytest.mark.parametrize(
     ("arg", "line"),
-    [("threads=1", "error: threads is now runtime.threads: write runtime.threads=1"),
-     ("+device=cpu", "error: device is now runtime.device: write runtime.device=cpu"),  # `+` would add an unused key
-     ("~progress", "error: progress is now runtime.progress")],
+    [
+        ("threads=1", "error: threads is now runtime.threads: write runtime.threads=1"),
+        ("+device=cpu", "error: device is now runtime.device: write runtime.device=cpu"),  # `+` would add an unused key
+        ("~progress", "error: progress is now runtime.progress"),
+    ],
 )
 def test_a_run_time_switch_by_its_old_root_name_names_its_new_key(arg: str, line: str, tmp_path: Path) -> None:
     proc = run_main(["method=ce", "logger=none", arg], cwd=tmp_path)
@@ -142,15 +154,25 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(key: str, tmp_path:
     proc = run_main([*args, "method=ce", "logger=none", f"{key}={blocker}/job"], cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"error: cannot write the output folder {blocker}/job: Not a directory; choose another with {key}=..."]
+        f"error: cannot write the output folder {blocker}/job: Not a directory; choose another with {key}=..."
+    ]
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model._target_=adalfl.models.simple.NoSuchModel"], "model._target_: there is no adalfl.models.simple.NoSuchModel"),
-        (["model._target_=adalfl.models.no_such_module.MLP"], "model._target_: there is no adalfl.models.no_such_module.MLP"),
-        (["+model.depth=3"], "model: adalfl.models.simple.MLP does not take these keys: got an unexpected keyword argument 'depth'"),
+        (
+            ["model._target_=adalfl.models.simple.NoSuchModel"],
+            "model._target_: there is no adalfl.models.simple.NoSuchModel",
+        ),
+        (
+            ["model._target_=adalfl.models.no_such_module.MLP"],
+            "model._target_: there is no adalfl.models.no_such_module.MLP",
+        ),
+        (
+            ["+model.depth=3"],
+            "model: adalfl.models.simple.MLP does not take these keys: got an unexpected keyword argument 'depth'",
+        ),
         (["model.widths=[0]"], r"model.widths must be positive, got \[0\]"),  # the model's own check
     ],
 )
@@ -181,8 +203,11 @@ def test_a_bug_in_a_model_keeps_its_traceback(tmp_path: Path, job_dir: Path, mon
     assert result["status"] == "failed" and result["error"] == "ZeroDivisionError: division by zero"
     assert "self.scale = 1 / 0" in result["traceback"]
     # As a user runs it: Hydra prints the traceback, main.py does not turn it into "error: ..."
-    proc = run_main(["logger=none", "runtime.threads=1", "dataset.steps=20", "model._target_=broken_model.Broken"],
-                    cwd=tmp_path, extra_env={"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{tmp_path}"})
+    proc = run_main(
+        ["logger=none", "runtime.threads=1", "dataset.steps=20", "model._target_=broken_model.Broken"],
+        cwd=tmp_path,
+        extra_env={"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{tmp_path}"},
+    )
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert 'broken_model.py", line 8, in __init__' in proc.stderr

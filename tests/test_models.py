@@ -36,18 +36,31 @@ register_resolvers()
 
 # Each model on the datasets the paper pairs it with (composing needs no data on disk).
 PAIRS = [
-    ("linear", "mnist"), ("linear", "california_housing"), ("mlp", "mnist"), ("mlp", "communities_crime"),
-    ("mlp_small", "digits"), ("lenet5", "mnist"), ("lenet5_relu", "mnist"), ("lenet5", "fashion_mnist"), ("smallcnn", "mnist"), ("smallcnn", "cifar10"),
-    ("alexnet", "cifar10"), ("vgg16", "cifar10"), ("allcnnc", "cifar10"), ("resnet18", "cifar10"),
-    ("squeezenet", "cifar100"), ("preresnet", "cifar100"), ("preresnet20", "cifar100"), ("wrn28_10", "cifar100"),
-    ("pyramidnet", "cifar100"), ("wrn16_8", "svhn"),
+    ("linear", "mnist"),
+    ("linear", "california_housing"),
+    ("mlp", "mnist"),
+    ("mlp", "communities_crime"),
+    ("mlp_small", "digits"),
+    ("lenet5", "mnist"),
+    ("lenet5_relu", "mnist"),
+    ("lenet5", "fashion_mnist"),
+    ("smallcnn", "mnist"),
+    ("smallcnn", "cifar10"),
+    ("alexnet", "cifar10"),
+    ("vgg16", "cifar10"),
+    ("allcnnc", "cifar10"),
+    ("resnet18", "cifar10"),
+    ("squeezenet", "cifar100"),
+    ("preresnet", "cifar100"),
+    ("preresnet20", "cifar100"),
+    ("wrn28_10", "cifar100"),
+    ("pyramidnet", "cifar100"),
+    ("wrn16_8", "svhn"),
 ]
 # Double backward through convolutions takes seconds on a 2-core CPU: only these run by default
 # (preresnet20 stands in for the pre-activation blocks of preresnet, wrn16_8 and wrn28_10).
 CHEAP_SECOND_ORDER = {"linear", "mlp", "mlp_small", "lenet5", "lenet5_relu", "smallcnn", "preresnet20"}
-IMAGE_MODELS = sorted(
-    {p.stem for p in (CONF / "model").glob("*.yaml")} - {"linear", "mlp", "mlp_small"}
-)
+IMAGE_MODELS = sorted({p.stem for p in (CONF / "model").glob("*.yaml")} - {"linear", "mlp", "mlp_small"})
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -84,7 +97,9 @@ def test_reset_parameters_redraws_every_layer(model: str, dataset: str) -> None:
     net, _ = build(model, dataset)
     for name, module in net.named_modules():
         if any(True for _ in module.parameters(recurse=False)):
-            assert hasattr(module, "reset_parameters"), f"{model}.{name} ({type(module).__name__}) cannot be re-initialised"
+            assert hasattr(module, "reset_parameters"), (
+                f"{model}.{name} ({type(module).__name__}) cannot be re-initialised"
+            )
     before = {k: v.clone() for k, v in net.state_dict().items()}
     torch.manual_seed(1)
     reset_parameters(net)
@@ -104,9 +119,22 @@ def test_model_survives_one_adalfl_iteration(model: str, dataset: str) -> None:
     net, cfg = build(model, dataset)
     net.train()
     task = Task(cfg.dataset.task, cfg.dataset.num_outputs)
-    loss = OutputWiseLoss(task, PointwiseNetwork(
-        hidden=(40, 40), activation="smooth_leaky_relu", output_activation="softplus", beta=10.0, gamma=0.01,
-        init="default", bias=True, inputs=2), reduction="mean", task_loss_term=False, residual=False)
+    loss = OutputWiseLoss(
+        task,
+        PointwiseNetwork(
+            hidden=(40, 40),
+            activation="smooth_leaky_relu",
+            output_activation="softplus",
+            beta=10.0,
+            gamma=0.01,
+            init="default",
+            bias=True,
+            inputs=2,
+        ),
+        reduction="mean",
+        task_loss_term=False,
+        residual=False,
+    )
     phi = list(loss.parameters())
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     shape, n = cfg.dataset.input_shape, cfg.dataset.num_outputs
@@ -179,16 +207,28 @@ def test_model_names_tell_the_wide_resnets_apart() -> None:
 # his build was defective: PreResNet-18 and PyramidNet got a 10-way head on CIFAR-100 (11,171,146 and
 # 1,772,706) and WRN-16-8 a 100-way head on SVHN (11,007,540).
 PARAMETER_COUNTS = {
-    ("linear", "mnist"): 7_850, ("linear", "california_housing"): 9,
-    ("mlp", "mnist"): 1_796_010, ("mlp", "communities_crime"): 1_103_001,
-    ("mlp_small", "digits"): 17_610, ("mlp_small", "mnist"): 89_610,
-    ("lenet5", "mnist"): 44_426, ("lenet5", "fashion_mnist"): 44_426, ("lenet5_relu", "mnist"): 61_706,
-    ("smallcnn", "mnist"): 56_394, ("smallcnn", "cifar10"): 56_970,
-    ("alexnet", "cifar10"): 23_272_266, ("vgg16", "cifar10"): 14_728_266, ("allcnnc", "cifar10"): 1_372_254,
+    ("linear", "mnist"): 7_850,
+    ("linear", "california_housing"): 9,
+    ("mlp", "mnist"): 1_796_010,
+    ("mlp", "communities_crime"): 1_103_001,
+    ("mlp_small", "digits"): 17_610,
+    ("mlp_small", "mnist"): 89_610,
+    ("lenet5", "mnist"): 44_426,
+    ("lenet5", "fashion_mnist"): 44_426,
+    ("lenet5_relu", "mnist"): 61_706,
+    ("smallcnn", "mnist"): 56_394,
+    ("smallcnn", "cifar10"): 56_970,
+    ("alexnet", "cifar10"): 23_272_266,
+    ("vgg16", "cifar10"): 14_728_266,
+    ("allcnnc", "cifar10"): 1_372_254,
     ("resnet18", "cifar10"): 11_173_962,
-    ("squeezenet", "cifar100"): 781_156, ("squeezenet", "cifar10"): 734_986,
-    ("preresnet", "cifar100"): 11_217_316, ("preresnet20", "cifar100"): 278_132,
-    ("wrn28_10", "cifar100"): 36_536_884, ("pyramidnet", "cifar100"): 1_778_556, ("wrn16_8", "svhn"): 10_961_370,
+    ("squeezenet", "cifar100"): 781_156,
+    ("squeezenet", "cifar10"): 734_986,
+    ("preresnet", "cifar100"): 11_217_316,
+    ("preresnet20", "cifar100"): 278_132,
+    ("wrn28_10", "cifar100"): 36_536_884,
+    ("pyramidnet", "cifar100"): 1_778_556,
+    ("wrn16_8", "svhn"): 10_961_370,
 }
 
 
@@ -206,10 +246,22 @@ def test_parameter_count(model: str, dataset: str) -> None:
 # The first author's initialisation of each network (each EvoMAL model file's reset()); the
 # project's own networks use PyTorch's defaults.
 INIT_SCHEMES = {
-    "linear": "xavier", "mlp": "xavier", "mlp_small": "xavier", "lenet5": "xavier", "lenet5_relu": "default", "smallcnn": "default",
-    "alexnet": "kaiming", "vgg16": "kaiming", "resnet18": "kaiming", "allcnnc": "kaiming_convs",
-    "squeezenet": "xavier_convs", "preresnet": "fan_out_kaiming_linear", "preresnet20": "default",
-    "wrn16_8": "fan_out_xavier_linear", "wrn28_10": "fan_out_xavier_linear", "pyramidnet": "fan_out_xavier_linear",
+    "linear": "xavier",
+    "mlp": "xavier",
+    "mlp_small": "xavier",
+    "lenet5": "xavier",
+    "lenet5_relu": "default",
+    "smallcnn": "default",
+    "alexnet": "kaiming",
+    "vgg16": "kaiming",
+    "resnet18": "kaiming",
+    "allcnnc": "kaiming_convs",
+    "squeezenet": "xavier_convs",
+    "preresnet": "fan_out_kaiming_linear",
+    "preresnet20": "default",
+    "wrn16_8": "fan_out_xavier_linear",
+    "wrn28_10": "fan_out_xavier_linear",
+    "pyramidnet": "fan_out_xavier_linear",
 }
 
 
@@ -267,7 +319,9 @@ def test_fresh_draw_follows_the_init_scheme(model: str, dataset: str) -> None:
             if bias_rule == "zero":
                 assert torch.all(b == 0), f"{model}.{name}: bias not zero"
             else:  # PyTorch's default, uniform(+-1/sqrt(fan_in))
-                assert b.abs().max() <= 1 / math.sqrt(w[0].numel()) and (b.numel() < 2 or b.abs().sum() > 0), f"{model}.{name}"
+                assert b.abs().max() <= 1 / math.sqrt(w[0].numel()) and (b.numel() < 2 or b.abs().sum() > 0), (
+                    f"{model}.{name}"
+                )
     assert checked > 0 or model == "linear", f"{model}: no layer large enough to check"
 
 

@@ -37,8 +37,9 @@ def test_one_line_per_interval_with_step_value_elapsed_and_time_left(caplog: pyt
         reads.append(clock.now)
         return 0.5
 
-    ticker = ProgressLog(logging.getLogger("adalfl"), "job", "offline meta step", total=100, interval_s=20.0,
-                         clock=clock)
+    ticker = ProgressLog(
+        logging.getLogger("adalfl"), "job", "offline meta step", total=100, interval_s=20.0, clock=clock
+    )
     with caplog.at_level(logging.INFO, logger="adalfl"):
         for step in range(1, 101):
             clock.now = step * 1.0  # one second per step
@@ -53,8 +54,9 @@ def test_one_line_per_interval_with_step_value_elapsed_and_time_left(caplog: pyt
 def test_time_left_counts_only_this_run_s_steps_and_disabled_is_silent(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     with caplog.at_level(logging.INFO, logger="adalfl"):
-        resumed = ProgressLog(logging.getLogger("adalfl"), "job", "training step", total=1000, start=900,
-                              interval_s=10.0, clock=clock)
+        resumed = ProgressLog(
+            logging.getLogger("adalfl"), "job", "training step", total=1000, start=900, interval_s=10.0, clock=clock
+        )
         clock.now = 10.0
         resumed.update(950, base_loss=torch.tensor(2.0))  # 50 steps in 10 s: 50 left take 10 s more
         silent = ProgressLog(logging.getLogger("adalfl"), "job", "training step", total=10, enabled=False, clock=clock)
@@ -78,11 +80,18 @@ def test_numbers_are_kept_for_later_lines_and_tensors_are_not(caplog: pytest.Log
 
 def test_durations_read_in_seconds_minutes_or_hours() -> None:
     assert [format_duration(s) for s in (4.2, 99, 150, 7199, 7200, 90000)] == [
-        "4 s", "99 s", "2.5 min", "120.0 min", "2.00 h", "25.00 h"]
+        "4 s",
+        "99 s",
+        "2.5 min",
+        "120.0 min",
+        "2.00 h",
+        "25.00 h",
+    ]
 
 
-def test_job_without_a_terminal_logs_every_phase(job_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_job_without_a_terminal_logs_every_phase(
+    job_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Under pytest stderr is no terminal: the offline meta steps and the training steps are logged
     (interval 0 here: a line per step, so the test need not wait)."""
     monkeypatch.setattr(progress_module, "INTERVAL_S", 0.0)
@@ -94,12 +103,21 @@ def test_job_without_a_terminal_logs_every_phase(job_dir: Path, monkeypatch: pyt
     assert len(_lines(caplog, "training step")) == 10
 
 
-def test_cmaes_search_logs_its_generations(job_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_cmaes_search_logs_its_generations(
+    job_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(progress_module, "INTERVAL_S", 0.0)
     with caplog.at_level(logging.INFO, logger="adalfl"):
-        run(tiny("method=taylorglo", "offline.population=3", "offline.generations=2", "offline.partial_steps=3",
-                 "dataset.steps=5"), out_dir=job_dir)
+        run(
+            tiny(
+                "method=taylorglo",
+                "offline.population=3",
+                "offline.generations=2",
+                "offline.partial_steps=3",
+                "dataset.steps=5",
+            ),
+            out_dir=job_dir,
+        )
     lines = _lines(caplog, "CMA-ES generation")
     # one before each candidate's partial training (x0, then 3 per generation), so a long generation
     # shows life too, and one at the end of each generation (x0 is generation 0)
@@ -113,7 +131,8 @@ def test_cmaes_search_logs_its_generations(job_dir: Path, monkeypatch: pytest.Mo
 
 
 def test_training_lines_give_way_to_the_progress_bar_on_a_terminal(
-        job_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    job_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(progress_module, "INTERVAL_S", 0.0)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     cfg = tiny("dataset.steps=10")

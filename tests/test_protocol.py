@@ -16,12 +16,29 @@ from adalfl.config import validate
 from helpers import CONF, REPO, compose_config
 
 # Source of each block: docs/protocol.md (paper / author's code / ours).
-MNIST_LIKE = dict(steps=10_000, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, milestones=[],
-                  augment=[], num_outputs=10)
-CIFAR_LIKE = dict(steps=150_000, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                  milestones=[100_000, 135_000], lr_gamma=0.1, augment=["crop", "flip"])
-REGRESSION = dict(steps=10_000, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, milestones=[],
-                  num_outputs=1, test_fraction=0.2)
+MNIST_LIKE = dict(
+    steps=10_000, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, milestones=[], augment=[], num_outputs=10
+)
+CIFAR_LIKE = dict(
+    steps=150_000,
+    lr=0.01,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    milestones=[100_000, 135_000],
+    lr_gamma=0.1,
+    augment=["crop", "flip"],
+)
+REGRESSION = dict(
+    steps=10_000,
+    lr=0.01,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    milestones=[],
+    num_outputs=1,
+    test_fraction=0.2,
+)
 
 PROTOCOL = {
     "mnist": {**MNIST_LIKE, "model": "lenet5"},
@@ -33,8 +50,17 @@ PROTOCOL = {
     "california_housing": {**REGRESSION, "model": "mlp"},
     "communities_crime": {**REGRESSION, "model": "mlp"},
     "diabetes": {**REGRESSION, "model": "mlp"},
-    "digits": dict(steps=1000, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, milestones=[],
-                   num_outputs=10, test_fraction=0.2, model="mlp_small"),
+    "digits": dict(
+        steps=1000,
+        lr=0.01,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=0.0,
+        milestones=[],
+        num_outputs=10,
+        test_fraction=0.2,
+        model="mlp_small",
+    ),
 }
 
 # The paper's tables: dataset -> models (conf/experiment/table_*.yaml).
@@ -77,7 +103,12 @@ def test_dataset_protocol_values(name: str) -> None:
     # The optimiser that is built is the protocol's (the optimizer group interpolates the dataset).
     opt = cfg.optimizer
     assert (opt.lr, opt.momentum, opt.nesterov, opt.weight_decay, opt.dampening) == (
-        expected["lr"], expected["momentum"], expected["nesterov"], expected["weight_decay"], 0.0)
+        expected["lr"],
+        expected["momentum"],
+        expected["nesterov"],
+        expected["weight_decay"],
+        0.0,
+    )
     assert list(opt.schedule.milestones) == expected["milestones"]
     # Evaluation fits the budget: a whole number of evaluations, the last one at the final step.
     assert d.steps % d.eval_interval == 0 and d.eval_interval % d.log_interval == 0
@@ -123,7 +154,11 @@ def test_offline_budgets() -> None:
     cfg = compose_config("method=taylorglo")
     # paper: S_init = 2500; author's code: CMA-ES population 25, 50 generations, 500 partial steps, sigma 1.2
     assert (cfg.offline.steps, cfg.offline.population, cfg.offline.generations, cfg.offline.partial_steps) == (
-        2500, 25, 50, 500)
+        2500,
+        25,
+        50,
+        500,
+    )
     c = cfg.method.cmaes
     assert (c.population, c.generations, c.partial_steps, c.sigma) == (25, 50, 500, 1.2)
     assert c.population * c.generations * c.partial_steps == 625_000
@@ -138,8 +173,11 @@ def test_offline_budgets() -> None:
 def test_quick_taylorglo_preset_shortens_only_the_search_and_keeps_its_own_folder() -> None:
     full = _experiment("table_cifar10")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        quick = compose(config_name="config", return_hydra_config=True,
-                        overrides=["+experiment=[table_cifar10,taylorglo_quick]", "method=taylorglo"])
+        quick = compose(
+            config_name="config",
+            return_hydra_config=True,
+            overrides=["+experiment=[table_cifar10,taylorglo_quick]", "method=taylorglo"],
+        )
     assert (quick.offline.population, quick.offline.generations, quick.offline.partial_steps) == (25, 10, 500)
     assert quick.method.cmaes.generations == 10
     assert quick.hydra.sweeper.params.method == "taylorglo"
@@ -152,9 +190,15 @@ def test_quick_taylorglo_preset_shortens_only_the_search_and_keeps_its_own_folde
 # ----------------------------------------------------------------------------- docs/protocol.md
 
 DOC_ROWS = {  # row label in docs/protocol.md -> dataset config key
-    "base steps": "steps", "batch size": "batch_size", "learning rate": "lr", "momentum": "momentum",
-    "Nesterov": "nesterov", "weight decay": "weight_decay", "milestones": "milestones",
-    "validation fraction": "val_fraction", "outputs": "num_outputs",
+    "base steps": "steps",
+    "batch size": "batch_size",
+    "learning rate": "lr",
+    "momentum": "momentum",
+    "Nesterov": "nesterov",
+    "weight decay": "weight_decay",
+    "milestones": "milestones",
+    "validation fraction": "val_fraction",
+    "outputs": "num_outputs",
 }
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e-?\d+)?")
 

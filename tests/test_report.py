@@ -18,8 +18,16 @@ from adalfl.sweep import report
 from helpers import REPO
 from mainproc import run_main
 
-SWEEP_ARGS = ["-m", "dataset=diabetes,digits", "method=ce", "seed=0,1", "dataset.steps=30",
-              "dataset.eval_interval=15", "logger=none", "checkpoint.every=0"]
+SWEEP_ARGS = [
+    "-m",
+    "dataset=diabetes,digits",
+    "method=ce",
+    "seed=0,1",
+    "dataset.steps=30",
+    "dataset.eval_interval=15",
+    "logger=none",
+    "checkpoint.every=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +67,9 @@ def test_tables_match_the_job_files(sweep: Path) -> None:
 
 def test_best_method_per_row_is_bold() -> None:
     cells = {("d", "m"): {"a": report.Cell([3.0, 5.0]), "b": report.Cell([1.0, 2.0]), "c": report.Cell([], failed=1)}}
-    built = report.Report(Path("."), "t", {"error_rate"}, {("d", "m"): "error_rate"}, ["a", "b", "c"], cells, [], [], [])
+    built = report.Report(
+        Path("."), "t", {"error_rate"}, {("d", "m"): "error_rate"}, ["a", "b", "c"], cells, [], [], []
+    )
     line = [row for row in report.markdown(built).splitlines() if row.startswith("| d |")][0]
     assert "**1.50 ± 0.71 (n=2)**" in line and "| 4.00 ± 1.41 (n=2) |" in line and "failed (n=0, 1 failed)" in line
 
@@ -71,7 +81,9 @@ def test_paired_comparison_matches_seeds_not_positions() -> None:
     assert (pair.method, pair.n, pair.wins) == ("adalfl", 2, 2)
     assert pair.mean_difference == pytest.approx(((9.0 - 10.0) + (11.5 - 12.0)) / 2)
     cells = {("d", "m"): {"ce": ce, "adalfl": adalfl}}
-    built = report.Report(Path("."), "t", {"error_rate"}, {("d", "m"): "error_rate"}, ["ce", "adalfl"], cells, [], [], [])
+    built = report.Report(
+        Path("."), "t", {"error_rate"}, {("d", "m"): "error_rate"}, ["ce", "adalfl"], cells, [], [], []
+    )
     assert "| d | m | adalfl | 2 | -0.75 | 2/2 |" in report.markdown(built)
 
 
@@ -81,15 +93,22 @@ def test_partial_sweep_reports_what_is_missing(sweep: Path, tmp_path: Path) -> N
     jobs = sorted(p.parent for p in partial.glob("*/result.json"))
     (jobs[0] / "result.json").unlink()  # a job that died
     shutil.rmtree(jobs[-1])  # a job that never started
-    proc = subprocess.run([sys.executable, "-m", "adalfl.report", str(partial)], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "adalfl.report", str(partial)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| dataset | model | ce |" in proc.stdout  # the Markdown table is printed
     md = (partial / "results.md").read_text()
     assert f"not finished: `{jobs[0].name}`" in md
     assert md.count("not started: `") == 1
     missing = md.split("not started: `")[1].split("`")[0]
-    assert set(missing.split(",")) >= {f"dataset={d}" for d in ("diabetes", "digits") if f"dataset={d}," in jobs[-1].name}
+    assert set(missing.split(",")) >= {
+        f"dataset={d}" for d in ("diabetes", "digits") if f"dataset={d}," in jobs[-1].name
+    }
     assert "(n=1)" in md
 
 
@@ -103,15 +122,32 @@ def test_rerun_skips_finished_jobs(sweep: Path) -> None:
 
 # --- grouping: only seeds are pooled ----------------------------------------------------------
 
-def _fake_job(sweep: Path, name: str, method: str, seed: int, value: float, identity: dict, legacy: bool = False,
-              status: str = "done") -> Path:
+
+def _fake_job(
+    sweep: Path,
+    name: str,
+    method: str,
+    seed: int,
+    value: float,
+    identity: dict,
+    legacy: bool = False,
+    status: str = "done",
+) -> Path:
     """A job folder as a job leaves it (result.json, a Hydra record, a short test curve)."""
     folder = sweep / name
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("[]\n")
     full = {"seed": seed, "method.name": method, "dataset.name": "digits", **identity}
-    record = {"status": status, "method": method, "dataset": "digits", "model": "mlp", "seed": seed,
-              "metric_name": "error_rate", "test_metric": value, "wall_time_s": {"train": 1.0}}
+    record = {
+        "status": status,
+        "method": method,
+        "dataset": "digits",
+        "model": "mlp",
+        "seed": seed,
+        "metric_name": "error_rate",
+        "test_metric": value,
+        "wall_time_s": {"train": 1.0},
+    }
     if legacy:  # written before identities: the report reads config_resolved.yaml
         nested: dict = {}
         for key, val in full.items():
@@ -125,22 +161,44 @@ def _fake_job(sweep: Path, name: str, method: str, seed: int, value: float, iden
         record["config_identity"] = full
     (folder / "result.json").write_text(json.dumps(record))
     (folder / "metrics.jsonl").write_text(
-        "".join(json.dumps({"phase": "train", "step": s, "test/error_rate": value}) + "\n" for s in (10, 20)))
+        "".join(json.dumps({"phase": "train", "step": s, "test/error_rate": value}) + "\n" for s in (10, 20))
+    )
     return folder
 
 
 def test_settings_other_than_the_seed_are_never_pooled(tmp_path: Path) -> None:
     """`optimizer.lr=0.01,0.1` is two rows; a method setting is its own column; CE pairs within a row."""
     sweep = tmp_path / "sweep"
-    values = {(0.01, "ce", 0): 0.10, (0.01, "ce", 1): 0.12, (0.1, "ce", 0): 0.50, (0.1, "ce", 1): 0.54,
-              (0.01, "adalfl", 0): 0.09, (0.01, "adalfl", 1): 0.10, (0.1, "adalfl", 0): 0.40, (0.1, "adalfl", 1): 0.60}
+    values = {
+        (0.01, "ce", 0): 0.10,
+        (0.01, "ce", 1): 0.12,
+        (0.1, "ce", 0): 0.50,
+        (0.1, "ce", 1): 0.54,
+        (0.01, "adalfl", 0): 0.09,
+        (0.01, "adalfl", 1): 0.10,
+        (0.1, "adalfl", 0): 0.40,
+        (0.1, "adalfl", 1): 0.60,
+    }
     for (lr, method, seed), value in values.items():
         extra = {"method.meta.online_lr": 1e-5} if method == "adalfl" else {}
-        _fake_job(sweep, f"lr{lr}-{method}-{seed}", method, seed, value, {"optimizer.lr": lr, "dataset.steps": 30, **extra},
-                  legacy=(method == "ce" and seed == 1))  # old and new results group alike
+        _fake_job(
+            sweep,
+            f"lr{lr}-{method}-{seed}",
+            method,
+            seed,
+            value,
+            {"optimizer.lr": lr, "dataset.steps": 30, **extra},
+            legacy=(method == "ce" and seed == 1),
+        )  # old and new results group alike
     for seed, value in ((0, 0.07), (1, 0.08)):  # another AdaLFL meta learning rate: its own column
-        _fake_job(sweep, f"lr0.01-adalfl-eta-{seed}", "adalfl", seed, value,
-                  {"optimizer.lr": 0.01, "dataset.steps": 30, "method.meta.online_lr": 1e-4})
+        _fake_job(
+            sweep,
+            f"lr0.01-adalfl-eta-{seed}",
+            "adalfl",
+            seed,
+            value,
+            {"optimizer.lr": 0.01, "dataset.steps": 30, "method.meta.online_lr": 1e-4},
+        )
     built = report.write(sweep)
     assert list(built.cells) == [("digits", "mlp", "optimizer.lr=0.01"), ("digits", "mlp", "optimizer.lr=0.1")]
     assert built.methods == ["ce", "adalfl [meta.online_lr=0.0001]", "adalfl [meta.online_lr=1e-05]"]
@@ -157,7 +215,9 @@ def test_settings_other_than_the_seed_are_never_pooled(tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert {(r["setting"], r["method"], r["n_finished"]) for r in rows} >= {("optimizer.lr=0.1", "ce", "2")}
     assert {p.name for p in (sweep / "figures").glob("curves_*.png")} == {
-        "curves_digits_mlp_optimizer.lr=0.01.png", "curves_digits_mlp_optimizer.lr=0.1.png"}
+        "curves_digits_mlp_optimizer.lr=0.01.png",
+        "curves_digits_mlp_optimizer.lr=0.1.png",
+    }
 
 
 def test_a_key_only_some_jobs_know_is_no_setting_and_stopped_jobs_are_unfinished(tmp_path: Path) -> None:
@@ -185,11 +245,22 @@ def test_done_failed_and_interrupted_are_three_states(tmp_path: Path) -> None:
         folder = sweep / name
         (folder / ".hydra").mkdir(parents=True)
         (folder / ".hydra" / "overrides.yaml").write_text(f"- method=ce\n- {name}\n")
-        (folder / "metrics.jsonl").write_text(json.dumps({"phase": "train", "step": 10, "test/error_rate": 0.25}) + "\n")
-        Result(status=status, method="ce", dataset="digits", model="mlp", seed=seed, metric_name="error_rate",
-               config_identity={"seed": seed, "optimizer.lr": 0.01}, overrides=["method=ce", name],
-               test_metric=0.25 if status == Status.DONE else None, error=error,
-               wall_time_s=WallTime(train=3.0, total=3.5)).write(folder / "result.json")
+        (folder / "metrics.jsonl").write_text(
+            json.dumps({"phase": "train", "step": 10, "test/error_rate": 0.25}) + "\n"
+        )
+        Result(
+            status=status,
+            method="ce",
+            dataset="digits",
+            model="mlp",
+            seed=seed,
+            metric_name="error_rate",
+            config_identity={"seed": seed, "optimizer.lr": 0.01},
+            overrides=["method=ce", name],
+            test_metric=0.25 if status == Status.DONE else None,
+            error=error,
+            wall_time_s=WallTime(train=3.0, total=3.5),
+        ).write(folder / "result.json")
     built = report.write(sweep)
     assert [j.folder.name for j in built.failed] == ["seed=1"]
     assert [j.folder.name for j in built.interrupted] == ["seed=2"]
@@ -198,8 +269,10 @@ def test_done_failed_and_interrupted_are_three_states(tmp_path: Path) -> None:
     md = (sweep / "results.md").read_text()
     assert "| digits | mlp | **25.00 ± 0.00 (n=1, 1 failed, 1 interrupted)** |" in md
     assert "- failed: `seed=1`: RuntimeError: the loss became nan at step 20" in md
-    assert (f"- interrupted: `seed=2`: SystemExit: 143; resume: `python main.py method=ce seed=2 "
-            f"hydra.run.dir={sweep / 'seed=2'}`") in md
+    assert (
+        f"- interrupted: `seed=2`: SystemExit: 143; resume: `python main.py method=ce seed=2 "
+        f"hydra.run.dir={sweep / 'seed=2'}`"
+    ) in md
     assert f"hydra.sweep.dir={sweep}" in md and "not finished" not in md  # listed once, as interrupted
     with open(sweep / "results.csv", newline="") as handle:
         (row,) = csv.DictReader(handle)
@@ -212,17 +285,21 @@ def test_a_cell_with_only_interrupted_jobs_says_so() -> None:
     assert "| d | m | interrupted (n=0, 2 interrupted) |" in report.markdown(built)
 
 
-@pytest.mark.parametrize("seconds, unit, cell", [
-    ((0.0000025, 0.025), "Seconds", "0.03 (0.00 + 0.03)"),  # a smoke job: was 6.98e-06 (6.87e-10 + 6.98e-06) hours
-    ((600.0, 1200.0), "Minutes", "30.00 (10.00 + 20.00)"),
-    ((3600.0, 36000.0 * 30), "Hours", "301 (1.00 + 300)"),
-])
+@pytest.mark.parametrize(
+    "seconds, unit, cell",
+    [
+        ((0.0000025, 0.025), "Seconds", "0.03 (0.00 + 0.03)"),  # a smoke job: was 6.98e-06 (6.87e-10 + 6.98e-06) hours
+        ((600.0, 1200.0), "Minutes", "30.00 (10.00 + 20.00)"),
+        ((3600.0, 36000.0 * 30), "Hours", "301 (1.00 + 300)"),
+    ],
+)
 def test_run_time_table_is_in_one_human_unit(seconds: tuple[float, float], unit: str, cell: str) -> None:
     offline, train = seconds
     slow = report.Cell([1.0], seeds=[0], hours_offline=[offline / 3600], hours_train=[train / 3600])
     fast = report.Cell([1.0], seeds=[0], hours_offline=[0.0], hours_train=[1 / 3600])  # 1 s: same unit as the largest
-    built = report.Report(Path("."), "t", {"mse"}, {("d", "m"): "mse"}, ["a", "b"], {("d", "m"): {"a": slow, "b": fast}},
-                          [], [], [])
+    built = report.Report(
+        Path("."), "t", {"mse"}, {("d", "m"): "mse"}, ["a", "b"], {("d", "m"): {"a": slow, "b": fast}}, [], [], []
+    )
     md = report.markdown(built)
     run_time = md.split("## Run time")[1]
     assert f"{unit} per job, mean over finished seeds" in run_time

@@ -208,9 +208,17 @@ def test_local_launcher_runs_a_sweep_with_two_workers(tmp_path: Path) -> None:
     each limited to its share of the cores."""
     sweep = tmp_path / "sweep"
     run_main(
-        ["hydra/launcher=local", "hydra.launcher.n_jobs=2", "dataset=diabetes,digits", "method=ce",
-         "logger=wandb", "logger.mode=offline", "runtime.progress=false", "dataset.steps=100",
-         f"hydra.sweep.dir={sweep}"],  # fmt: skip
+        [
+            "hydra/launcher=local",
+            "hydra.launcher.n_jobs=2",
+            "dataset=diabetes,digits",
+            "method=ce",
+            "logger=wandb",
+            "logger.mode=offline",
+            "runtime.progress=false",
+            "dataset.steps=100",
+            f"hydra.sweep.dir={sweep}",
+        ],  # fmt: skip
         multirun=True,
         check=True,
     )
@@ -302,8 +310,11 @@ def test_offline_phase_crash_resumes_from_its_last_checkpoint(name: str, offline
         search = method_state["search"]["cmaes"]
         assert search["generation"] == 1 and search["values"] == []  # checkpointed after generation 1
     else:
-        offline = method_state["search"]["gradient"] if name.startswith("taylorglo") else (
-            method_state["search"] if name == "ml3" else method_state["offline"])
+        offline = (
+            method_state["search"]["gradient"]
+            if name.startswith("taylorglo")
+            else (method_state["search"] if name == "ml3" else method_state["offline"])
+        )
         assert offline["step"] == 20
     with caplog.at_level(logging.INFO, logger="adalfl"):
         run(offline_job(name), tmp_path)

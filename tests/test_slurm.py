@@ -38,8 +38,17 @@ def squeue(name: str) -> list[tuple[str, str]]:
 def test_slurm_sweep_every_job_finishes(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     run_main(
-        ["hydra/launcher=slurm", "dataset=diabetes,digits", "method=ce", "seed=0", "dataset.steps=50",
-         "logger=wandb", "logger.mode=offline", "runtime.progress=false", f"hydra.sweep.dir={sweep}"],  # fmt: skip
+        [
+            "hydra/launcher=slurm",
+            "dataset=diabetes,digits",
+            "method=ce",
+            "seed=0",
+            "dataset.steps=50",
+            "logger=wandb",
+            "logger.mode=offline",
+            "runtime.progress=false",
+            f"hydra.sweep.dir={sweep}",
+        ],  # fmt: skip
         multirun=True,
         timeout=600,
         check=True,
@@ -60,15 +69,21 @@ def test_preempted_job_is_requeued_into_its_folder_and_resumes(tmp_path: Path) -
     job = ["dataset=digits", "method=ce", "seed=0", "logger=none", "runtime.progress=false", "dataset.steps=1500",
            "checkpoint.every=100", "dataset.eval_interval=50"]  # fmt: skip
     reference = tmp_path / "reference"
-    run_main([*job, "runtime.threads=1", f"hydra.run.dir={reference}"], check=True)  # Slurm jobs get 1 thread (cpus_per_task)
+    run_main(
+        [*job, "runtime.threads=1", f"hydra.run.dir={reference}"], check=True
+    )  # Slurm jobs get 1 thread (cpus_per_task)
 
     name = f"adalfl-preempt-{os.getpid()}"
     sweep = tmp_path / "sweep"
     log = open(tmp_path / "sweep.log", "w")  # noqa: SIM115
     submitter = subprocess.Popen(
-        command([*job, "hydra/launcher=slurm", f"hydra.launcher.name={name}", f"hydra.sweep.dir={sweep}"],
-                multirun=True),  # fmt: skip
-        cwd=Path(__file__).resolve().parents[1], env=env(), stdout=log, stderr=subprocess.STDOUT,
+        command(
+            [*job, "hydra/launcher=slurm", f"hydra.launcher.name={name}", f"hydra.sweep.dir={sweep}"], multirun=True
+        ),  # fmt: skip
+        cwd=Path(__file__).resolve().parents[1],
+        env=env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 300

@@ -21,7 +21,9 @@ TINY = ["dataset.steps=30", "dataset.eval_interval=15", "logger=none", "checkpoi
 
 def test_basic_sweep_names_job_folders_from_overrides(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_main(["-m", "dataset=diabetes,digits", "method=ce", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_main(
+        ["-m", "dataset=diabetes,digits", "method=ce", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     swept = {"dataset", "method", "seed"}
     names = {p.parent.name for p in sweep.glob("*/result.json")}
@@ -44,8 +46,10 @@ def test_each_failed_job_reports_itself_and_the_sweep_goes_on(tmp_path: Path) ->
     """A bad value: one line naming the job; a genuine failure (here a diverging model, not a user
     error) after it: its traceback, which Hydra alone would hide behind the first failure."""
     sweep = tmp_path / "sweep"
-    proc = run_main(["-m", "dataset=diabetes", "method=ce", "optimizer.lr=-1,1000000.0,0.001", *TINY, f"hydra.sweep.dir={sweep}"],
-                    cwd=tmp_path)
+    proc = run_main(
+        ["-m", "dataset=diabetes", "method=ce", "optimizer.lr=-1,1000000.0,0.001", *TINY, f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0  # the sweep reports the failure
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
     assert len(results) == 3
@@ -67,14 +71,28 @@ def test_parallel_sweep_reports_missing_data_in_one_line(tmp_path: Path) -> None
     the missing dataset is one line, the AdaLFL job that can run finishes without PyTorch's warnings."""
     empty, sweep = tmp_path / "empty", tmp_path / "sweep"
     empty.mkdir()
-    proc = run_main(["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "dataset=digits,cifar10", "method=adalfl",
-                     f"dataset.root={empty}", "offline.steps=5", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_main(
+        [
+            "-m",
+            "hydra/launcher=local",
+            "hydra.launcher.n_jobs=2",
+            "dataset=digits,cifar10",
+            "method=adalfl",
+            f"dataset.root={empty}",
+            "offline.steps=5",
+            *TINY,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     missing = _lines_with(proc.stderr, "CIFAR-10 not found")
     assert len(missing) == 1 and missing[0].startswith("error: job #1 (dataset=cifar10 method=adalfl "), proc.stderr
     assert "Traceback" not in proc.stderr
     assert "FutureWarning" not in proc.stderr
-    statuses = {json.loads(p.read_text())["dataset"]: json.loads(p.read_text())["status"] for p in sweep.glob("*/result.json")}
+    statuses = {
+        json.loads(p.read_text())["dataset"]: json.loads(p.read_text())["status"] for p in sweep.glob("*/result.json")
+    }
     assert statuses == {"digits": "done", "cifar10": "failed"}
 
 
@@ -100,7 +118,9 @@ def test_job_subdir_is_one_safe_path_component(overrides: str) -> None:
 
 
 def test_job_subdir_keeps_plain_names_and_numbers_empty_ones() -> None:
-    assert job_subdir("dataset=digits,method=ce,seed=1", 0) == "dataset=digits,method=ce,seed=1"  # old sweeps still match
+    assert (
+        job_subdir("dataset=digits,method=ce,seed=1", 0) == "dataset=digits,method=ce,seed=1"
+    )  # old sweeps still match
     assert job_subdir("+experiment=smoke,dataset.steps=20", 0) == "+experiment=smoke,dataset.steps=20"
     assert job_subdir("", 7) == "job7"
 
@@ -117,7 +137,14 @@ def test_long_job_subdir_is_shortened_with_a_stable_hash() -> None:
 def test_job_folders_with_paths_sit_in_the_sweep_folder_and_rerun_skips_them(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     roots = [tmp_path / "data a", tmp_path / "data-b"]  # digits is bundled: any root works
-    args = ["-m", "dataset=digits", "method=ce", f"dataset.root='{roots[0]}','{roots[1]}'", *TINY, f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "dataset=digits",
+        "method=ce",
+        f"dataset.root='{roots[0]}','{roots[1]}'",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = run_main(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [hydra.parent for hydra in sweep.rglob(".hydra")]
@@ -131,7 +158,9 @@ def test_job_folders_with_paths_sit_in_the_sweep_folder_and_rerun_skips_them(tmp
 
     again = run_main(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(_lines_with(again.stdout + again.stderr, "already holds a finished result of this config; skipping")) == 2
+    assert (
+        len(_lines_with(again.stdout + again.stderr, "already holds a finished result of this config; skipping")) == 2
+    )
     assert {job: (job / "result.json").read_bytes() for job in jobs} == finished
     assert sorted(hydra.parent for hydra in sweep.rglob(".hydra")) == sorted(jobs)
 
@@ -140,8 +169,20 @@ def test_two_sweeps_started_together_do_not_collide(tmp_path: Path) -> None:
     import os
 
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    cmd = [sys.executable, str(REPO / "main.py"), "-m", "dataset=diabetes", "method=ce", "dataset.steps=5", "logger=none", "checkpoint.every=0"]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        str(REPO / "main.py"),
+        "-m",
+        "dataset=diabetes",
+        "method=ce",
+        "dataset.steps=5",
+        "logger=none",
+        "checkpoint.every=0",
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     for proc in procs:
         assert proc.wait(timeout=300) == 0
     sweeps = list((tmp_path / "multirun").glob("*/*"))

@@ -21,8 +21,9 @@ from adalfl.meta.tangent import RULES, ForwardRecord
 from helpers import TEST_DEVICE
 from test_models import PAIRS, compose_config
 
-pytestmark = pytest.mark.skipif(TEST_DEVICE.type == "cuda" and not torch.cuda.is_available(),
-                                reason="ADALFL_TEST_DEVICE=cuda without a GPU")
+pytestmark = pytest.mark.skipif(
+    TEST_DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="ADALFL_TEST_DEVICE=cuda without a GPU"
+)
 F64 = torch.float64
 
 
@@ -61,8 +62,13 @@ class _OneByOne(nn.Module):
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "relu_inplace": lambda: nn.ReLU(inplace=True), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-    "elu": nn.ELU, "elu_inplace": lambda: nn.ELU(alpha=0.7, inplace=True), "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "relu_inplace": lambda: nn.ReLU(inplace=True),
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "elu": nn.ELU,
+    "elu_inplace": lambda: nn.ELU(alpha=0.7, inplace=True),
+    "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
 }
 
@@ -80,8 +86,16 @@ def test_pointwise_activation_rules(activation: str, sequential: bool) -> None:
 
 def _conv_net(activation: Callable[[], nn.Module], pool: nn.Module, batch_norm: bool = False) -> nn.Module:
     bn = [nn.BatchNorm2d(4)] if batch_norm else []
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), *bn, activation(), pool, nn.Conv2d(4, 3, 3), activation(),
-                         nn.Flatten(), nn.LazyLinear(2))
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        *bn,
+        activation(),
+        pool,
+        nn.Conv2d(4, 3, 3),
+        activation(),
+        nn.Flatten(),
+        nn.LazyLinear(2),
+    )
 
 
 POOLS: dict[str, Callable[[], nn.Module]] = {
@@ -173,9 +187,18 @@ def test_batchnorm_rule(case: str, mode: str) -> None:
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_conv_batchnorm_relu_pool_chain_in_a_sequential(mode: str) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
-                          nn.MaxPool2d(2), nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3), nn.ReLU(inplace=True),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).to(TEST_DEVICE, F64)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 3, 1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 2),
+    ).to(TEST_DEVICE, F64)
     model(torch.randn(5, 2, 6, 6, dtype=F64, device=TEST_DEVICE))  # running statistics off 0/1 for eval
     model.train(mode == "train")
     x = torch.randn(5, 2, 6, 6, dtype=F64, device=TEST_DEVICE).contiguous(memory_format=torch.channels_last)
@@ -217,8 +240,14 @@ def test_covered_layers_do_not_run_their_forward_in_the_tangent_pass(monkeypatch
     from adalfl.models.resnet import preresnet20
 
     torch.manual_seed(0)
-    model = nn.ModuleDict({"a": preresnet20([3, 8, 8], 4), "b": nn.Sequential(
-        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2), nn.Sigmoid(), nn.Linear(2, 2), nn.GELU())})
+    model = nn.ModuleDict(
+        {
+            "a": preresnet20([3, 8, 8], 4),
+            "b": nn.Sequential(
+                nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2), nn.Sigmoid(), nn.Linear(2, 2), nn.GELU()
+            ),
+        }
+    )
     model.to(TEST_DEVICE)
     x = torch.randn(4, 3, 8, 8, device=TEST_DEVICE)
 
@@ -233,7 +262,9 @@ def test_covered_layers_do_not_run_their_forward_in_the_tangent_pass(monkeypatch
     calls: list[str] = []
     for kind in (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Tanh, nn.Sigmoid, nn.GELU):
         original = kind.forward
-        monkeypatch.setattr(kind, "forward", lambda self, *a, _o=original, **k: calls.append(type(self).__name__) or _o(self, *a, **k))
+        monkeypatch.setattr(
+            kind, "forward", lambda self, *a, _o=original, **k: calls.append(type(self).__name__) or _o(self, *a, **k)
+        )
     record.jvp(params, [torch.randn_like(p) for p in params], {b: b.clone() for b in model.buffers()}, x)
     assert calls == []
 
@@ -245,8 +276,9 @@ def test_covered_layers_do_not_run_their_forward_in_the_tangent_pass(monkeypatch
 # minutes on a 2-core CPU: these run by default, the rest under -m slow.
 CHEAP = {"linear", "mlp", "mlp_small", "lenet5", "lenet5_relu", "smallcnn", "preresnet20"}
 ZOO = [(m, d, ()) for m, d in PAIRS] + [("smallcnn", "cifar10", ("model.batch_norm=true",))]
-ZOO_PARAMS = [pytest.param(m, d, o, id="-".join([m, d, *o]), marks=() if m in CHEAP else pytest.mark.slow)
-              for m, d, o in ZOO]
+ZOO_PARAMS = [
+    pytest.param(m, d, o, id="-".join([m, d, *o]), marks=() if m in CHEAP else pytest.mark.slow) for m, d, o in ZOO
+]
 # A larger learning rate than the protocol's 0.01: a larger meta-gradient stands out of the finite
 # differences' rounding (the validation loss moves by eps * lr * ...).
 SGD_KW = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -257,15 +289,27 @@ def _zoo_setup(model: str, dataset: str, overrides: tuple[str, ...]):
     torch.manual_seed(0)
     net = _build_model(cfg, TEST_DEVICE).to(F64).train()
     task = Task(cfg.dataset.task, cfg.dataset.num_outputs)
-    pointwise = PointwiseNetwork(hidden=(8, 8), activation="smooth_leaky_relu", output_activation="smooth_leaky_relu",
-                                 beta=10.0, gamma=0.01, init="default", bias=True, inputs=2)
+    pointwise = PointwiseNetwork(
+        hidden=(8, 8),
+        activation="smooth_leaky_relu",
+        output_activation="smooth_leaky_relu",
+        beta=10.0,
+        gamma=0.01,
+        init="default",
+        bias=True,
+        inputs=2,
+    )
     loss = OutputWiseLoss(task, pointwise, reduction="mean", task_loss_term=False, residual=False).to(TEST_DEVICE, F64)
     shape, n = list(cfg.dataset.input_shape), int(cfg.dataset.num_outputs)
     fmt = torch.channels_last if len(shape) == 3 else torch.contiguous_format  # as jobs run
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(4, *shape, dtype=F64, device=TEST_DEVICE).contiguous(memory_format=fmt)
-        y = torch.randint(0, n, (4,), device=TEST_DEVICE) if task.classification else torch.randn(4, n, dtype=F64, device=TEST_DEVICE)
+        y = (
+            torch.randint(0, n, (4,), device=TEST_DEVICE)
+            if task.classification
+            else torch.randn(4, n, dtype=F64, device=TEST_DEVICE)
+        )
         return x, y
 
     return net, loss, task, batch(), batch()

@@ -45,8 +45,9 @@ def _wandb_cfg(mode: str):
     return tiny("logger=wandb", f"logger.mode={mode}", "logger.tags=[unit]")
 
 
-def test_offline_run_files_hold_config_summary_history_and_images(job_dir: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_run_files_hold_config_summary_history_and_images(
+    job_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What `wandb sync` would upload, read back with W&B's own reader of the `.wandb` log."""
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = _wandb_cfg("offline")
@@ -62,8 +63,18 @@ def test_offline_run_files_hold_config_summary_history_and_images(job_dir: Path,
     assert stored.config["dataset"]["name"] == "digits" and stored.config["method"]["name"] == "ce"
     assert stored.config["optimizer"]["lr"] == cfg.optimizer.lr and stored.config["seed"] == 0
     # summary: every key a runs table needs, equal to result.json
-    for key in ("status", "dataset", "model", "method", "seed", "metric_name", "test_metric", "best_val_metric",
-                "test_metric_at_best_val", "steps"):
+    for key in (
+        "status",
+        "dataset",
+        "model",
+        "method",
+        "seed",
+        "metric_name",
+        "test_metric",
+        "best_val_metric",
+        "test_metric_at_best_val",
+        "steps",
+    ):
         assert stored.summary[key] == result[key], key
     for phase in ("offline", "train", "eval", "total"):
         assert stored.summary[f"wall_time_s/{phase}"] == pytest.approx(result["wall_time_s"][phase])
@@ -119,8 +130,9 @@ def test_disabled_mode_writes_nothing(job_dir: Path) -> None:
     assert not (job_dir / "wandb").exists()
 
 
-def test_online_without_credentials_warns_and_finishes(job_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_online_without_credentials_warns_and_finishes(
+    job_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(job_dir / "no-netrc"))
     run(_wandb_cfg("online"), out_dir=job_dir)
@@ -150,9 +162,20 @@ def test_run_is_finished_when_the_job_raises(job_dir: Path, monkeypatch: pytest.
 
 
 # A sweep with W&B offline: 2 methods x 2 seeds on Digits, AdaLFL for the learned-loss figure.
-SWEEP_ARGS = ["-m", "dataset=digits", "method=ce,adalfl", "seed=0,1", "dataset.steps=20", "dataset.eval_interval=10",
-              "offline.steps=5", "logger=wandb", "logger.mode=offline", "logger.tags=[unit]", "checkpoint.every=0",
-              "runtime.threads=1"]
+SWEEP_ARGS = [
+    "-m",
+    "dataset=digits",
+    "method=ce,adalfl",
+    "seed=0,1",
+    "dataset.steps=20",
+    "dataset.eval_interval=10",
+    "offline.steps=5",
+    "logger=wandb",
+    "logger.mode=offline",
+    "logger.tags=[unit]",
+    "checkpoint.every=0",
+    "runtime.threads=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +245,13 @@ def test_rebuilt_report_replaces_its_offline_run(wandb_sweep: Path, tmp_path: Pa
     shutil.copytree(wandb_sweep, sweep)
     (before,) = offline_runs(sweep / "wandb")
     table_before = OfflineRun.read(before).table("results/csv")
-    proc = subprocess.run([sys.executable, "-m", "adalfl.report", str(sweep)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_SILENT": "true"}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "adalfl.report", str(sweep)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_SILENT": "true"},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     (after,) = offline_runs(sweep / "wandb")
     assert after != before and after.name.split("-")[3] == before.name.split("-")[3]
@@ -232,8 +260,10 @@ def test_rebuilt_report_replaces_its_offline_run(wandb_sweep: Path, tmp_path: Pa
 
 def test_csv_table_types_numbers_and_keeps_missing_values_null() -> None:
     body = "dataset,n_finished,mean,values,hours_train\ndigits,0,nan,,\nx,2,1.5,1 2,0.25\n"
-    assert csv_table(body) == (["dataset", "n_finished", "mean", "values", "hours_train"],
-                               [["digits", 0, None, "", None], ["x", 2, 1.5, "1 2", 0.25]])
+    assert csv_table(body) == (
+        ["dataset", "n_finished", "mean", "values", "hours_train"],
+        [["digits", 0, None, "", None], ["x", 2, 1.5, "1 2", 0.25]],
+    )
 
 
 def test_sweep_report_with_wandb_off_starts_no_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,8 +286,9 @@ def test_workspace_opens_on_the_sweep_results_grouped_by_cell(wandb_sweep: Path)
 
     settings = wandb_workspace.sweep_settings(wandb_sweep)
     assert (settings["project"], settings["title"], settings["metrics"]) == ("adalfl", "sweep", ["error_rate"])
-    workspace = wandb_workspace.build(**{k: settings[k] for k in ("project", "entity", "title", "experiment",
-                                                                  "metrics", "figures")})
+    workspace = wandb_workspace.build(
+        **{k: settings[k] for k in ("project", "entity", "title", "experiment", "metrics", "figures")}
+    )
     panels = [panel for section in workspace.sections for panel in section.panels]
 
     (report_run,) = offline_runs(wandb_sweep / "wandb")
@@ -274,8 +305,14 @@ def test_workspace_opens_on_the_sweep_results_grouped_by_cell(wandb_sweep: Path)
     assert [g.name for g in workspace.runset_settings.groupby] == ["dataset.name", "model._target_", "method.name"]
     history_keys = set().union(*job.history())
     curves = [p for p in panels if isinstance(p, LinePlot) and p.x == "train/step"]
-    assert {"test/error_rate", "val/error_rate"} == {y for p in curves for y in p.y} and set(curves[0].y) <= history_keys
-    assert all((p.groupby_aggfunc, p.groupby_rangefunc) == ("mean", "stddev") for p in panels if isinstance(p, LinePlot))
-    assert {c.split(":")[1] for c in workspace.runset_settings.pinned_columns if c.startswith("summary:")} <= set(job.summary)
+    assert {"test/error_rate", "val/error_rate"} == {y for p in curves for y in p.y} and set(
+        curves[0].y
+    ) <= history_keys
+    assert all(
+        (p.groupby_aggfunc, p.groupby_rangefunc) == ("mean", "stddev") for p in panels if isinstance(p, LinePlot)
+    )
+    assert {c.split(":")[1] for c in workspace.runset_settings.pinned_columns if c.startswith("summary:")} <= set(
+        job.summary
+    )
     workspace._to_model()  # the form `Workspace.save` sends to W&B's API: it too builds without network
     assert wandb_workspace.main([str(wandb_sweep), "--check"]) == 0  # the command's offline mode

@@ -17,8 +17,13 @@ from typing import Any
 
 
 def _inspect(run_dir: Path, *flags: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", *flags, str(run_dir)],
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", *flags, str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

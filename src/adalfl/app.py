@@ -30,8 +30,16 @@ from adalfl.track.plots import learning_curves
 from adalfl.track.wandb_logger import WandbLogger
 from adalfl.train.checkpoint import Checkpointer
 from adalfl.train.folder import (
-    ConfigMismatch, FolderInUse, config_identity, differences, fingerprint, folder_lock, legacy_differences,
-    mismatch_message, recorded_identity, set_aside,
+    ConfigMismatch,
+    FolderInUse,
+    config_identity,
+    differences,
+    fingerprint,
+    folder_lock,
+    legacy_differences,
+    mismatch_message,
+    recorded_identity,
+    set_aside,
 )
 from adalfl.train.loop import fit
 from adalfl.utils import PhaseTimer, git_commit, resolve_device, seed_everything, versions
@@ -106,8 +114,10 @@ def claim_folder(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
     if diffs:
         raise ConfigMismatch(mismatch_message(out_dir, what, diffs))
     if finished:
-        log.info("%s already holds a finished result of this config; skipping (restart=true reruns it)",
-                 out_dir / RESULT_FILE)
+        log.info(
+            "%s already holds a finished result of this config; skipping (restart=true reruns it)",
+            out_dir / RESULT_FILE,
+        )
         return float(previous.test_metric)
     return None
 
@@ -189,8 +199,15 @@ def _run_claimed(cfg: DictConfig, out_dir: Path, identity: dict[str, Any]) -> fl
             wandb.finish(failed=result.status != Status.DONE)
     log.info(
         "[%s/%s/%s seed=%s] test %s = %.4f  (best val %.4f)  in %.1f s -> %s",
-        result.dataset, result.model, result.method, result.seed, task.metric_name,
-        result.test_metric, result.best_val_metric, result.wall_time_s.total, out_dir,
+        result.dataset,
+        result.model,
+        result.method,
+        result.seed,
+        task.metric_name,
+        result.test_metric,
+        result.best_val_metric,
+        result.wall_time_s.total,
+        out_dir,
     )
     return float(result.test_metric)
 
@@ -272,11 +289,16 @@ def check_batch_size(cfg: DictConfig, data: Data) -> None:
     split, which is often smaller than a batch on the small tabular sets: that is logged."""
     size, train, val = int(cfg.dataset.batch_size), len(data.train), len(data.val)
     if size > train:
-        raise ConfigError(f"dataset.batch_size={size} is larger than the training split of {cfg.dataset.name} "
-                          f"({train} examples); use at most {train}")
+        raise ConfigError(
+            f"dataset.batch_size={size} is larger than the training split of {cfg.dataset.name} "
+            f"({train} examples); use at most {train}"
+        )
     if size > val:
-        log.info("dataset.batch_size=%d exceeds the validation split (%d examples): validation batches use it whole",
-                 size, val)
+        log.info(
+            "dataset.batch_size=%d exceeds the validation split (%d examples): validation batches use it whole",
+            size,
+            val,
+        )
 
 
 def build_method(cfg: DictConfig) -> Method:

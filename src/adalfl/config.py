@@ -55,7 +55,9 @@ class DatasetConfig:
     root: str = "${oc.env:ADALFL_DATA_ROOT,data}"
     download: bool = False
     # --- where the data comes from (read by load_torchvision / load_table)
-    source: Optional[str] = None  # a torchvision.datasets class (MNIST, KMNIST, CIFAR10...) or a sklearn.datasets load_*/fetch_* function
+    source: Optional[str] = (
+        None  # a torchvision.datasets class (MNIST, KMNIST, CIFAR10...) or a sklearn.datasets load_*/fetch_* function
+    )
     source_args: Dict[str, Any] = field(default_factory=dict)  # extra arguments to it (EMNIST: {split: balanced})
     part_arg: str = "train"  # torchvision: the argument that picks a part: train (train=True/False) or split (split="train"/"test": SVHN)
     folder: str = ""  # under root: torchvision's root or scikit-learn's data_home, or the folder that holds `file`
@@ -64,7 +66,9 @@ class DatasetConfig:
     columns: Optional[List[str]] = None  # column names of a file without a header row
     target: Optional[str] = None  # the file's target column
     drop: List[str] = field(default_factory=list)  # the file's columns that are not features
-    max_missing: Optional[float] = None  # drop feature columns missing in more than this fraction of rows, fill the other gaps with the training mean; null: none may be missing
+    max_missing: Optional[float] = (
+        None  # drop feature columns missing in more than this fraction of rows, fill the other gaps with the training mean; null: none may be missing
+    )
     title: Optional[str] = None  # the dataset's name in messages (default: source, or file)
     val_fraction: float = 0.1
     test_fraction: Optional[float] = None  # only for sets without an official test partition

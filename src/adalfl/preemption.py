@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
+
 class StopRequested(Exception):
     """Raised inside a long unit of work that can simply be redone (a CMA-ES candidate's partial
     training) so that the stop signal is not kept waiting; caught where the work is resumable."""

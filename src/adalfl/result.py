@@ -52,8 +52,10 @@ def _check(value: Any, kind: type, where: str) -> Any:
 def _unknown(data: Mapping[str, Any], known: set[str], where: str) -> None:
     extra = sorted(set(data) - known)
     if extra:
-        raise ResultError(f"{where} has keys this version does not know: {', '.join(extra)} "
-                          "(written by a newer version? add them to adalfl/result.py)")
+        raise ResultError(
+            f"{where} has keys this version does not know: {', '.join(extra)} "
+            "(written by a newer version? add them to adalfl/result.py)"
+        )
 
 
 def _without_none(values: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +103,15 @@ class LossHealth:
         return cls(**{k: _check(v, float, f"{where}.{k}") for k, v in data.items()})
 
     def to_dict(self) -> dict[str, float]:
-        return _without_none({"scale": self.scale, "free_wrong": self.free_wrong, "flat_t0": self.flat_t0,
-                              "flat_t1": self.flat_t1, "free_miss": self.free_miss})
+        return _without_none(
+            {
+                "scale": self.scale,
+                "free_wrong": self.free_wrong,
+                "flat_t0": self.flat_t0,
+                "flat_t1": self.flat_t1,
+                "free_miss": self.free_miss,
+            }
+        )
 
 
 @dataclass
@@ -126,8 +135,15 @@ class DeadLoss:
 
 
 # Fields written as null when unset, as the job always has; every other unset field is left out.
-ALWAYS_WRITTEN = ("experiment", "versions", "git_commit", "config_fingerprint", "config_identity", "overrides",
-                  "wall_time_s")
+ALWAYS_WRITTEN = (
+    "experiment",
+    "versions",
+    "git_commit",
+    "config_fingerprint",
+    "config_identity",
+    "overrides",
+    "wall_time_s",
+)
 
 
 @dataclass
@@ -188,18 +204,33 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object the job has always written."""
         out: dict[str, Any] = {
-            "status": Status(self.status).value, "method": self.method, "dataset": self.dataset, "model": self.model,
-            "seed": self.seed, "metric_name": self.metric_name, "experiment": self.experiment,
-            "config_identity": self.config_identity, "config_fingerprint": self.config_fingerprint,
-            "overrides": self.overrides, "versions": self.versions, "git_commit": self.git_commit,
-            "device": self.device, "threads": self.threads, "cpu_memory_reuse": self.cpu_memory_reuse,
-            "test_metric": self.test_metric, "final_val_metric": self.final_val_metric,
-            "best_val_metric": self.best_val_metric, "best_val_step": self.best_val_step,
-            "test_metric_at_best_val": self.test_metric_at_best_val, "steps": self.steps,
+            "status": Status(self.status).value,
+            "method": self.method,
+            "dataset": self.dataset,
+            "model": self.model,
+            "seed": self.seed,
+            "metric_name": self.metric_name,
+            "experiment": self.experiment,
+            "config_identity": self.config_identity,
+            "config_fingerprint": self.config_fingerprint,
+            "overrides": self.overrides,
+            "versions": self.versions,
+            "git_commit": self.git_commit,
+            "device": self.device,
+            "threads": self.threads,
+            "cpu_memory_reuse": self.cpu_memory_reuse,
+            "test_metric": self.test_metric,
+            "final_val_metric": self.final_val_metric,
+            "best_val_metric": self.best_val_metric,
+            "best_val_step": self.best_val_step,
+            "test_metric_at_best_val": self.test_metric_at_best_val,
+            "steps": self.steps,
             "loss_health": self.loss_health.to_dict() if self.loss_health else None,
             "dead_loss": self.dead_loss.to_dict() if self.dead_loss else None,
             "method_facts": self.method_facts or None,
-            "error": self.error, "traceback": self.traceback, "wall_time_s": self.wall_time_s.to_dict(),
+            "error": self.error,
+            "traceback": self.traceback,
+            "wall_time_s": self.wall_time_s.to_dict(),
         }
         return {k: v for k, v in out.items() if v is not None or k in ALWAYS_WRITTEN}
 

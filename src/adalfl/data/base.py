@@ -67,5 +67,7 @@ def load_data(cfg: DictConfig, device: torch.device) -> Data:
     # A model is sized from the config's input_shape: catch a mismatch here, not deep in a forward.
     shape = list(data.train.x.shape[1:])
     if shape != list(cfg.input_shape):
-        raise ConfigError(f"loader {cfg.loader} returned inputs of shape {shape}, dataset.input_shape says {list(cfg.input_shape)}")
+        raise ConfigError(
+            f"loader {cfg.loader} returned inputs of shape {shape}, dataset.input_shape says {list(cfg.input_shape)}"
+        )
     return data.to(device)

@@ -82,9 +82,13 @@ def fetch(
     except ConfigError:  # a bad value in the YAML, not a missing or damaged file
         raise
     except MISSING_ERRORS as err:
-        reason = f"download failed: {err}" if cfg.download else (missing or f"{library} found no complete, uncorrupted copy")
+        reason = (
+            f"download failed: {err}" if cfg.download else (missing or f"{library} found no complete, uncorrupted copy")
+        )
         raise not_found(cfg, title, looked_in, reason, how) from err
     except unparsable as err:
         detail = f"{type(err).__name__}{': ' + str(err) if str(err) else ''}"
-        reason = f"{library} could not parse its files ({detail}): damaged or of another format; delete them and fetch again"
+        reason = (
+            f"{library} could not parse its files ({detail}): damaged or of another format; delete them and fetch again"
+        )
         raise not_found(cfg, title, looked_in, reason, how) from err

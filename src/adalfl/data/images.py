@@ -112,7 +112,9 @@ def from_images(
         raise ConfigError(f"{cfg.name}: images are {list(shape)}, config says input_shape {list(cfg.input_shape)}")
     labels = np.unique(np.concatenate([y_train, y_test]))
     if labels.min() < 0 or labels.max() >= cfg.num_outputs:
-        raise ConfigError(f"{cfg.name}: labels span {labels.min()}..{labels.max()}, dataset.num_outputs is {cfg.num_outputs}")
+        raise ConfigError(
+            f"{cfg.name}: labels span {labels.min()}..{labels.max()}, dataset.num_outputs is {cfg.num_outputs}"
+        )
     keep, held, _, _ = holdout(np.arange(len(y_train)), y_train, cfg.val_fraction, cfg.split_seed, stratify=True)
     keep.sort()
     held.sort()
@@ -211,7 +213,9 @@ def as_nchw(images: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     if x.ndim == 4 and tuple(x.shape[1:]) != shape and (x.shape[3], x.shape[1], x.shape[2]) == shape:
         x = x.transpose(0, 3, 1, 2)
     if x.ndim != 4 or tuple(x.shape[1:]) != shape:
-        raise ConfigError(f"torchvision {name} holds images of shape {list(x.shape[1:])}, dataset.input_shape is {list(shape)}")
+        raise ConfigError(
+            f"torchvision {name} holds images of shape {list(x.shape[1:])}, dataset.input_shape is {list(shape)}"
+        )
     if x.dtype != np.uint8:
         raise ConfigError(f"torchvision {name} holds {x.dtype} images; this loader reads 8-bit images only")
     return np.ascontiguousarray(x)

@@ -143,12 +143,16 @@ def read_rows(path: Path, columns: list[str] | None) -> tuple[list[str], list[li
     return names, rows
 
 
-def table_columns(cfg: DictConfig, path: Path, names: list[str], rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+def table_columns(
+    cfg: DictConfig, path: Path, names: list[str], rows: list[list[str]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Features (NaN where missing) and target of a parsed file, by the config's column names."""
     unknown = [c for c in [cfg.target, *cfg.drop] if c not in names]
     if cfg.target is None or unknown:
         what = "dataset.target is not set" if cfg.target is None else f"no column {unknown}"
-        raise ConfigError(f"dataset {cfg.name}: {what} in {path} (its columns: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''})")
+        raise ConfigError(
+            f"dataset {cfg.name}: {what} in {path} (its columns: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''})"
+        )
     target = names.index(cfg.target)
     features = [i for i, name in enumerate(names) if i != target and name not in set(cfg.drop)]
     x = np.empty((len(rows), len(features)), dtype=np.float64)

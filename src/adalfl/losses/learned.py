@@ -240,7 +240,9 @@ class PointwiseNetwork(nn.Module):
             raise ValueError(f"loss network needs at least one hidden layer of positive width, got {list(hidden)}")
         init = Init(init)
         if inputs not in (1, 2):
-            raise ValueError(f"a pointwise loss network takes 1 (residual) or 2 (prediction, target) inputs, got {inputs}")
+            raise ValueError(
+                f"a pointwise loss network takes 1 (residual) or 2 (prediction, target) inputs, got {inputs}"
+            )
         layers: list[nn.Module] = []
         size = inputs
         for width in hidden:
@@ -286,8 +288,9 @@ class OutputWiseLoss(nn.Module):
     No defaults: a learned network's values come from ``LossNetConfig``, TaylorGLO's are written in
     ``adalfl.methods.learned_loss.build_loss``."""
 
-    def __init__(self, task: Task, pointwise: nn.Module, *, reduction: Reduction | str, task_loss_term: bool,
-                 residual: bool) -> None:
+    def __init__(
+        self, task: Task, pointwise: nn.Module, *, reduction: Reduction | str, task_loss_term: bool, residual: bool
+    ) -> None:
         super().__init__()
         reduction = Reduction(reduction)
         if residual and task.classification:
@@ -314,7 +317,9 @@ class OutputWiseLoss(nn.Module):
         loss = self._reduce(self.pointwise(self._network_inputs(prediction, target_values)))
         return loss + self.task.loss(output, target) if self.task_loss_term else loss
 
-    def value_and_output_gradient(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def value_and_output_gradient(
+        self, output: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """M and s = dM/d output at a fixed ``output``, both differentiable in the loss's parameters.
 
         The meta-gradient engine needs s on the parameters' graph. Autograd would get it by

@@ -88,8 +88,9 @@ def _zeros_for_unused(grads: Sequence[Optional[torch.Tensor]], params: Sequence[
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
 
-def _loss_and_output_gradient(loss_fn: LossFn, output: torch.Tensor, target: torch.Tensor,
-                              on_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss_and_output_gradient(
+    loss_fn: LossFn, output: torch.Tensor, target: torch.Tensor, on_graph: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """M(output) and s = dM/d output, s kept on the meta parameters' graph when ``on_graph``.
     A loss that can write s out (``value_and_output_gradient``: the output-wise losses) saves
     differentiating a backward pass; any other loss goes through autograd."""
@@ -203,8 +204,16 @@ class FuncEngine(MetaEngine):
             dl_dlr = -sum((vi * d).sum() for vi, d in zip(v, update.directions))
             surrogate = surrogate + lr * dl_dlr.detach()
         meta_grads = torch.autograd.grad(surrogate, meta_params, allow_unused=True)
-        return MetaStep.detached(update.params, update.buffers, base_grads, base_loss, output, y, meta_loss,
-                                 _zeros_for_unused(meta_grads, meta_params))
+        return MetaStep.detached(
+            update.params,
+            update.buffers,
+            base_grads,
+            base_loss,
+            output,
+            y,
+            meta_loss,
+            _zeros_for_unused(meta_grads, meta_params),
+        )
 
 
 class HigherEngine(MetaEngine):
@@ -216,8 +225,11 @@ class HigherEngine(MetaEngine):
         SGDHyper.from_optimizer(optimizer)  # same preconditions as FuncEngine
         fmodel = higher.monkeypatch(model, copy_initial_weights=False, track_higher_grads=True)
         diffopt = higher.optim.get_diff_optim(
-            optimizer, model.parameters(), fmodel=fmodel,
-            override={"lr": [lr]} if lr is not None else None, track_higher_grads=True,
+            optimizer,
+            model.parameters(),
+            fmodel=fmodel,
+            override={"lr": [lr]} if lr is not None else None,
+            track_higher_grads=True,
         )
         params = list(model.parameters())
         x, y = train
@@ -236,8 +248,9 @@ class HigherEngine(MetaEngine):
         meta_grads = torch.autograd.grad(meta_loss, meta_params, allow_unused=True)
         state = diffopt.state[0]
         momenta = [state[i].get("momentum_buffer") for i in range(len(params))]
-        return MetaStep.detached(new_params, momenta, base_grads, base_loss, output, y, meta_loss,
-                                 _zeros_for_unused(meta_grads, meta_params))
+        return MetaStep.detached(
+            new_params, momenta, base_grads, base_loss, output, y, meta_loss, _zeros_for_unused(meta_grads, meta_params)
+        )
 
 
 class Backend(str, Enum):

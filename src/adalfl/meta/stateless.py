@@ -16,11 +16,13 @@ def replaced(model: nn.Module, replacement: dict[torch.Tensor, torch.Tensor]) ->
 
     What torch.func.functional_call does, keyed by the tensors themselves instead of their names,
     which spares its per-call name bookkeeping (a measurable share of a small model's step)."""
-    slots = [(store, name, tensor)
-             for module in model.modules()
-             for store in (module._parameters, module._buffers)
-             for name, tensor in store.items()
-             if tensor is not None and tensor in replacement]
+    slots = [
+        (store, name, tensor)
+        for module in model.modules()
+        for store in (module._parameters, module._buffers)
+        for name, tensor in store.items()
+        if tensor is not None and tensor in replacement
+    ]
     for store, name, tensor in slots:
         store[name] = replacement[tensor]
     try:

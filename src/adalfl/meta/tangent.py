@@ -69,8 +69,9 @@ def _primal_tangent(tensor: Optional[torch.Tensor]) -> tuple[Optional[torch.Tens
     return unpacked.primal, unpacked.tangent
 
 
-def _linear_like_tangent(apply: Callable, x: torch.Tensor, t_in: Optional[torch.Tensor],
-                         weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def _linear_like_tangent(
+    apply: Callable, x: torch.Tensor, t_in: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
     """d(apply(x, W, b)) = apply(x, dW, db) + apply(dx, W, 0) for a map linear in x and in (W, b)."""
     w, t_w = _primal_tangent(weight)
     _, t_b = _primal_tangent(bias)
@@ -95,8 +96,10 @@ def _gather_pooled(t_in: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 def _check_same_input(module: nn.Module, primal: torch.Tensor, recorded: torch.Tensor) -> None:
     if primal.shape != recorded.shape:
-        raise RuntimeError(f"the tangent pass reached {module} with input {tuple(primal.shape)}, "
-                           f"the base forward with {tuple(recorded.shape)}")
+        raise RuntimeError(
+            f"the tangent pass reached {module} with input {tuple(primal.shape)}, "
+            f"the base forward with {tuple(recorded.shape)}"
+        )
 
 
 class _Rule:
@@ -126,8 +129,9 @@ class _Rule:
         """The output recomputed from the primal input (out of place: the primal may be a kept tensor)."""
         raise NotImplementedError
 
-    def tangent(self, module: nn.Module, out: Optional[torch.Tensor], saved: object,
-                t_in: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def tangent(
+        self, module: nn.Module, out: Optional[torch.Tensor], saved: object, t_in: Optional[torch.Tensor]
+    ) -> Optional[torch.Tensor]:
         raise NotImplementedError
 
 
@@ -159,8 +163,15 @@ class _MaxPool2d(_Rule):
         return (dual, saved) if module.return_indices else dual
 
     def record(self, module, x):
-        out, indices = F.max_pool2d(x, module.kernel_size, module.stride, module.padding, module.dilation,
-                                    ceil_mode=module.ceil_mode, return_indices=True)
+        out, indices = F.max_pool2d(
+            x,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            ceil_mode=module.ceil_mode,
+            return_indices=True,
+        )
         return (out, indices) if module.return_indices else out, indices
 
     def output(self, module, primal_in, saved):
@@ -260,8 +271,15 @@ class _BatchNorm(_Rule):
             factor = 1.0 / float(module.num_batches_tracked) if module.momentum is None else module.momentum
         running = not module.training or module.track_running_stats
         out, mean, invstd = aten.native_batch_norm(
-            x, module.weight, module.bias, module.running_mean if running else None,
-            module.running_var if running else None, True, factor, module.eps)
+            x,
+            module.weight,
+            module.bias,
+            module.running_mean if running else None,
+            module.running_var if running else None,
+            True,
+            factor,
+            module.eps,
+        )
         return out, _BatchStats(x.detach(), mean.detach(), invstd.detach(), True)
 
     def recorded_input(self, saved):
@@ -290,8 +308,9 @@ class _BatchNorm(_Rule):
         if t_in is not None and saved.batch:
             n = x.numel() // x.shape[1]
             ones = torch.ones_like(invstd) if weight is None else weight
-            sum_dx_xhat, sum_dx = aten.native_batch_norm_backward(t_in, x, ones, None, None, saved.mean, invstd,
-                                                                  True, module.eps, [False, True, True])[1:]
+            sum_dx_xhat, sum_dx = aten.native_batch_norm_backward(
+                t_in, x, ones, None, None, saved.mean, invstd, True, module.eps, [False, True, True]
+            )[1:]
             slope -= k * invstd * sum_dx_xhat / n
             shift -= k * sum_dx / n
         shift -= saved.mean * slope
@@ -313,12 +332,12 @@ RULES: dict[type, _Rule] = {
     # ReLU's output is recomputed rather than kept when it is replayed alone: keeping every ReLU
     # output raised the small CNN's peak extra memory from 97 to 123 MB (higher's is 125) to save
     # about 0.3 ms of a 20 ms LeNet-5 iteration (benchmarks/step_cost.py).
-    nn.ReLU: _FromOutput(lambda m, x: torch.relu(x), lambda m, t, y: aten.threshold_backward(t, y, 0),
-                         keeps_output=False),
+    nn.ReLU: _FromOutput(
+        lambda m, x: torch.relu(x), lambda m, t, y: aten.threshold_backward(t, y, 0), keeps_output=False
+    ),
     nn.Tanh: _FromOutput(lambda m, x: torch.tanh(x), lambda m, t, y: aten.tanh_backward(t, y)),
     nn.Sigmoid: _FromOutput(lambda m, x: torch.sigmoid(x), lambda m, t, y: aten.sigmoid_backward(t, y)),
-    nn.ELU: _ELU(lambda m, x: F.elu(x, m.alpha),
-                 lambda m, t, y: aten.elu_backward(t, m.alpha, 1.0, 1.0, True, y)),
+    nn.ELU: _ELU(lambda m, x: F.elu(x, m.alpha), lambda m, t, y: aten.elu_backward(t, m.alpha, 1.0, 1.0, True, y)),
     nn.GELU: _GELU(),
 }
 
@@ -380,8 +399,11 @@ class ForwardRecord:
                     if rule.from_output and before_pool:
                         self.pooled_first.add(module)
                     after_pooled_first = i > 0 and chain[i - 1] in self.pooled_first
-                    self.keeps_output[module] = (i + 1 == len(chain) or after_pooled_first
-                                                 or (rule.needs_output and module not in self.pooled_first))
+                    self.keeps_output[module] = (
+                        i + 1 == len(chain)
+                        or after_pooled_first
+                        or (rule.needs_output and module not in self.pooled_first)
+                    )
 
     @contextmanager
     def recording(self) -> Iterator[None]:
@@ -407,8 +429,13 @@ class ForwardRecord:
         with _patched_forwards(self.modules, recorder):
             yield
 
-    def jvp(self, params: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor],
-            buffers: dict[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def jvp(
+        self,
+        params: Sequence[torch.Tensor],
+        tangents: Sequence[torch.Tensor],
+        buffers: dict[torch.Tensor, torch.Tensor],
+        x: torch.Tensor,
+    ) -> torch.Tensor:
         """J t at the recorded forward: the model's output tangent for tangents ``tangents`` of the
         model's parameters ``params``. ``buffers`` maps the model's buffers to stand-ins (a
         train-mode forward updates them)."""
@@ -449,8 +476,12 @@ class ForwardRecord:
 
             return forward
 
-        with torch.no_grad(), fwAD.dual_level(), _patched_forwards(self.modules, replayer), \
-                _patched_forwards(list(self.chains), sequential_replayer):
+        with (
+            torch.no_grad(),
+            fwAD.dual_level(),
+            _patched_forwards(self.modules, replayer),
+            _patched_forwards(list(self.chains), sequential_replayer),
+        ):
             duals = {p: fwAD.make_dual(p.detach(), t) for p, t in zip(params, tangents)}
             with replaced(self.model, {**duals, **buffers}):
                 out = self.model(x)

@@ -47,8 +47,9 @@ class AdaLFL(Method):
         self.loss: OutputWiseLoss | None = None
         self.online: OnlineMetaStep | None = None
         self.offline_run = OfflineMetaTraining()  # Algorithm 1's progress, checkpointed with the method
-        self.monitor = DeadLossMonitor(config.dead_loss,
-                                       f"Lower method.meta.online_lr ({self.meta_cfg.online_lr:g}) or optimizer.lr")
+        self.monitor = DeadLossMonitor(
+            config.dead_loss, f"Lower method.meta.online_lr ({self.meta_cfg.online_lr:g}) or optimizer.lr"
+        )
 
     def setup(self, job: JobContext, model: nn.Module) -> None:
         self.loss = self.loss_cfg.build(job.task, job.device)
@@ -83,8 +84,13 @@ class AdaLFL(Method):
 
     def state_dict(self) -> dict:
         assert self.loss is not None and self.online is not None
-        return {"loss": self.loss.state_dict(), "online": self.online.state_dict(), "watcher": self.watcher.state_dict(),
-                "offline": self.offline_run.state_dict(), "dead_loss": self.monitor.state_dict()}
+        return {
+            "loss": self.loss.state_dict(),
+            "online": self.online.state_dict(),
+            "watcher": self.watcher.state_dict(),
+            "offline": self.offline_run.state_dict(),
+            "dead_loss": self.monitor.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         assert self.loss is not None and self.online is not None

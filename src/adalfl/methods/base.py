@@ -28,7 +28,8 @@ class FixedLossMethod(Method):
         if self.learned:  # watched for a dead loss; the gradients stay in .grad until the next step
             params = [p for p in model.parameters() if p.grad is not None]
             stats["train/base_grad_norm"] = lambda: torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+                torch.stack([torch.linalg.vector_norm(p.grad) for p in params])
+            )
         return stats
 
     @property

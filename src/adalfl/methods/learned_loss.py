@@ -62,18 +62,29 @@ class LossNetConfig:
         self.regression_input = choice(RegressionInput, self.regression_input, f"{key}.regression_input")
         self.hidden = list(self.hidden)
         if not self.hidden or any(int(w) <= 0 for w in self.hidden):
-            raise ConfigError(f"{key}.hidden must list at least one positive layer width, e.g. [40, 40]; got {self.hidden}")
+            raise ConfigError(
+                f"{key}.hidden must list at least one positive layer width, e.g. [40, 40]; got {self.hidden}"
+            )
         if not self.beta > 0 or not 0 <= self.gamma < 1:
-            raise ConfigError(f"{key}.beta must be > 0 and {key}.gamma in [0, 1), got beta={self.beta}, gamma={self.gamma}")
+            raise ConfigError(
+                f"{key}.beta must be > 0 and {key}.gamma in [0, 1), got beta={self.beta}, gamma={self.gamma}"
+            )
 
     def build(self, task: Task, device: torch.device) -> OutputWiseLoss:
         residual = not task.classification and self.regression_input is RegressionInput.residual
         pointwise = PointwiseNetwork(
-            hidden=self.hidden, activation=self.activation, output_activation=self.output_activation,
-            beta=self.beta, gamma=self.gamma, init=self.init, bias=self.bias, inputs=1 if residual else 2,
+            hidden=self.hidden,
+            activation=self.activation,
+            output_activation=self.output_activation,
+            beta=self.beta,
+            gamma=self.gamma,
+            init=self.init,
+            bias=self.bias,
+            inputs=1 if residual else 2,
         )
-        return OutputWiseLoss(task, pointwise, reduction=self.reduction, task_loss_term=self.task_loss_term,
-                              residual=residual).to(device)
+        return OutputWiseLoss(
+            task, pointwise, reduction=self.reduction, task_loss_term=self.task_loss_term, residual=residual
+        ).to(device)
 
 
 def loss_curves(loss: OutputWiseLoss, task: Task, step: int) -> dict:
@@ -81,7 +92,12 @@ def loss_curves(loss: OutputWiseLoss, task: Task, step: int) -> dict:
     device = next(loss.parameters()).device
     if task.classification:
         x = torch.linspace(0, 1, 101, device=device)
-        return {"step": step, "x": x.tolist(), "target_1": loss.curve(x, 1.0).tolist(), "target_0": loss.curve(x, 0.0).tolist()}
+        return {
+            "step": step,
+            "x": x.tolist(),
+            "target_1": loss.curve(x, 1.0).tolist(),
+            "target_0": loss.curve(x, 0.0).tolist(),
+        }
     x = torch.linspace(-3, 3, 121, device=device)
     return {"step": step, "x": x.tolist(), "target_0": loss.curve(x, 0.0).tolist()}
 
@@ -143,8 +159,10 @@ def health_warning(health: dict[str, float]) -> str | None:
     None. (``free_miss`` alone is no defect: with softmax outputs, charging the wrong classes already
     pushes the true class up.)"""
     if health.get("free_wrong", 0.0) > 0:
-        return (f"the learned loss charges nothing for {100 * health['free_wrong']:.0f}% of confident wrong "
-                f"predictions (flat fraction {health.get('flat_t0', 0.0):.2f} for a wrong class, scale {health['scale']:.3g})")
+        return (
+            f"the learned loss charges nothing for {100 * health['free_wrong']:.0f}% of confident wrong "
+            f"predictions (flat fraction {health.get('flat_t0', 0.0):.2f} for a wrong class, scale {health['scale']:.3g})"
+        )
     return None
 
 
@@ -218,7 +236,11 @@ class DeadLossMonitor:
 
     def load_state_dict(self, state: dict | None) -> None:
         if state:
-            self.run, self.dead_steps, self.longest = list(state["run"]), int(state["dead_steps"]), int(state["longest"])
+            self.run, self.dead_steps, self.longest = (
+                list(state["run"]),
+                int(state["dead_steps"]),
+                int(state["longest"]),
+            )
 
 
 class LossWatcher:
@@ -242,7 +264,9 @@ class LossWatcher:
         self.snapshots.append(snap)
         folder = job.out_dir / "learned_loss"
         folder.mkdir(exist_ok=True)
-        path = plot_learned_loss([snap], job.task.classification, folder / f"step_{step:07d}.png", f"{job.title}, step {step}")
+        path = plot_learned_loss(
+            [snap], job.task.classification, folder / f"step_{step:07d}.png", f"{job.title}, step {step}"
+        )
         job.tracker.image("plots/learned_loss", path, "train", step)
         if moment == "start":
             torch.save(loss.state_dict(), job.out_dir / "learned_loss_start.pt")
@@ -284,8 +308,9 @@ def build_loss(task: Task, pointwise: nn.Module, device: torch.device) -> Output
 def plot_offline_phase(job: JobContext, loss: OutputWiseLoss, before: dict, after: dict, name: str) -> None:
     """The loss before and after an offline search (``step`` = offline steps or generations), as
     ``learned_loss_offline.png`` and a W&B image: the one picture of what an offline method learned."""
-    path = plot_learned_loss([before, after], job.task.classification, job.out_dir / "learned_loss_offline.png",
-                             f"{job.title}: {name}")
+    path = plot_learned_loss(
+        [before, after], job.task.classification, job.out_dir / "learned_loss_offline.png", f"{job.title}: {name}"
+    )
     job.tracker.image("plots/learned_loss_offline", path, "offline", int(after["step"]))
     torch.save(loss.state_dict(), job.out_dir / "learned_loss_offline.pt")
 
@@ -357,8 +382,14 @@ class OfflineLearnedLoss(FixedLossMethod):
 
     def state_dict(self) -> dict:
         assert self.loss is not None
-        return {"loss": self.loss.state_dict(), "watcher": self.watcher.state_dict(), "searched": self.searched,
-                "before": self.before, "search": self.search_state_dict(), "dead_loss": self.monitor.state_dict()}
+        return {
+            "loss": self.loss.state_dict(),
+            "watcher": self.watcher.state_dict(),
+            "searched": self.searched,
+            "before": self.before,
+            "search": self.search_state_dict(),
+            "dead_loss": self.monitor.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         assert self.loss is not None

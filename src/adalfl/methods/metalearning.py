@@ -79,8 +79,15 @@ def meta_step(
     """One look-ahead base step on a training batch, scored on a validation batch."""
     lr = lr_fn() if lr_fn is not None else None
     return engine.step(
-        model, optimizer, loss_fn, meta_params, job.train_batch(), job.val_batch(), job.task.loss,
-        lr=lr, loss_has_meta_params=lr_fn is None,
+        model,
+        optimizer,
+        loss_fn,
+        meta_params,
+        job.train_batch(),
+        job.val_batch(),
+        job.task.loss,
+        lr=lr,
+        loss_has_meta_params=lr_fn is None,
     )
 
 
@@ -90,8 +97,9 @@ def meta_adam(meta_params: Sequence[torch.Tensor], lr: float) -> torch.optim.Ada
     return torch.optim.Adam(meta_params, lr=lr, fused=True)
 
 
-def apply_meta_gradient(meta_optimizer: torch.optim.Optimizer, meta_params: Sequence[torch.Tensor],
-                        grads: Sequence[torch.Tensor]) -> bool:
+def apply_meta_gradient(
+    meta_optimizer: torch.optim.Optimizer, meta_params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
+) -> bool:
     """Adam step on the meta parameters; a non-finite meta-gradient skips it (returns False)."""
     if not all_finite(grads):
         return False
@@ -153,9 +161,12 @@ class OfflineMetaTraining:
                 self.skipped += 1
             self.step = step
             if step % log_every == 0 or step == steps:
-                scalars = {"offline/meta_loss": result.meta_loss, "offline/base_loss": result.base_loss,
-                           "offline/meta_grad_norm": total_norm(result.meta_grads),
-                           "offline/skipped_meta_steps": self.skipped}
+                scalars = {
+                    "offline/meta_loss": result.meta_loss,
+                    "offline/base_loss": result.base_loss,
+                    "offline/meta_grad_norm": total_norm(result.meta_grads),
+                    "offline/skipped_meta_steps": self.skipped,
+                }
                 if extra_scalars is not None:
                     scalars.update(extra_scalars())
                 job.tracker.log("offline", step, scalars)
@@ -163,7 +174,9 @@ class OfflineMetaTraining:
             # The loop checkpoints right after the phase, so the last step needs none of its own.
             job.offline_boundary(due=every > 0 and step % every == 0 and step < steps)
         if self.skipped:
-            job.log.warning("offline phase: %d of %d meta steps skipped (non-finite meta-gradient)", self.skipped, steps)
+            job.log.warning(
+                "offline phase: %d of %d meta steps skipped (non-finite meta-gradient)", self.skipped, steps
+            )
         return self.skipped
 
     def state_dict(self) -> dict:

@@ -79,8 +79,14 @@ class MetaLR(Method):
         if self.offline_run.step == 0:  # not when resuming the phase: the start is the start
             torch.save({"log_lr": self.log_lr.detach().cpu()}, job.out_dir / "meta_lr_start.pt")
         self.offline_run.run(
-            job, self.engine, [self.log_lr], job.task.loss, self.meta_cfg.init_steps, self.meta_cfg.init_lr,
-            lr_fn=lambda: self.lr, extra_scalars=lambda: {"offline/meta_lr": self.lr.detach()},
+            job,
+            self.engine,
+            [self.log_lr],
+            job.task.loss,
+            self.meta_cfg.init_steps,
+            self.meta_cfg.init_lr,
+            lr_fn=lambda: self.lr,
+            extra_scalars=lambda: {"offline/meta_lr": self.lr.detach()},
         )
         job.log.info("[%s] meta-learned lr after the offline phase: %.4g", job.title, float(self.lr.detach()))
 
@@ -105,8 +111,11 @@ class MetaLR(Method):
 
     def state_dict(self) -> dict:
         assert self.log_lr is not None and self.online is not None
-        return {"log_lr": self.log_lr.detach().clone(), "online": self.online.state_dict(),
-                "offline": self.offline_run.state_dict()}
+        return {
+            "log_lr": self.log_lr.detach().clone(),
+            "online": self.online.state_dict(),
+            "offline": self.offline_run.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         assert self.log_lr is not None and self.online is not None

@@ -16,8 +16,14 @@ from adalfl.methods.metalearning import OfflineMetaConfig, OfflineMetaTraining
 def _ml3_network() -> LossNetConfig:
     # ML3's network as the paper's first author ran it: 2-50-50-1 without biases, ReLU hidden layers,
     # Softplus output, Kaiming-normal weights, summed over outputs (conf/method/ml3.yaml, with sources).
-    return LossNetConfig(hidden=[50, 50], activation=Activation.relu, output_activation=Activation.softplus,
-                         init=Init.kaiming_normal, bias=False, reduction=Reduction.sum)
+    return LossNetConfig(
+        hidden=[50, 50],
+        activation=Activation.relu,
+        output_activation=Activation.softplus,
+        init=Init.kaiming_normal,
+        bias=False,
+        reduction=Reduction.sum,
+    )
 
 
 @dataclass(kw_only=True)
@@ -41,8 +47,12 @@ CONFIG_SCHEMA = ML3Config
 
 class ML3(OfflineLearnedLoss):
     def __init__(self, config: ML3Config) -> None:
-        super().__init__(config.name, config.plot_every, config.dead_loss, "The offline phase learned a loss that "
-                         "cannot train: try a lower method.meta.init_lr or optimizer.lr")
+        super().__init__(
+            config.name,
+            config.plot_every,
+            config.dead_loss,
+            "The offline phase learned a loss that cannot train: try a lower method.meta.init_lr or optimizer.lr",
+        )
         self.config = config
         self.loss_cfg = config.loss
         self.meta_cfg = config.meta

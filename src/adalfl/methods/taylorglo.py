@@ -51,8 +51,10 @@ class CMAESConfig:
 
     def __post_init__(self) -> None:
         if self.population < 2 or self.generations < 0 or self.partial_steps < 1 or not self.sigma > 0:
-            raise ConfigError("method.cmaes needs population >= 2, generations >= 0, partial_steps >= 1, sigma > 0; "
-                              f"got {self.population}, {self.generations}, {self.partial_steps}, {self.sigma}")
+            raise ConfigError(
+                "method.cmaes needs population >= 2, generations >= 0, partial_steps >= 1, sigma > 0; "
+                f"got {self.population}, {self.generations}, {self.partial_steps}, {self.sigma}"
+            )
 
 
 class Search(str, Enum):
@@ -152,8 +154,9 @@ class CMAESSearch:
                 f0 = self.best_f
                 on_generation(Generation(0, f0, f0, int(not math.isfinite(f0)), f0, self.sigma))
             # cma's seed 0 means "from the clock": offset it so every job seed is reproducible.
-            self.es = cma.CMAEvolutionStrategy(list(self.best_x), self.sigma,
-                                               {"popsize": self.population, "seed": self.seed + 1, "verbose": -9})
+            self.es = cma.CMAEvolutionStrategy(
+                list(self.best_x), self.sigma, {"popsize": self.population, "seed": self.seed + 1, "verbose": -9}
+            )
             if boundary is not None:
                 boundary(self.generations > 0)
         es: Any = self.es
@@ -174,8 +177,16 @@ class CMAESSearch:
             self.generation += 1
             self.candidates, self.values = [], []
             if on_generation is not None:
-                on_generation(Generation(self.generation, gen_best, float(np.mean(finite)) if finite else math.nan,
-                                         len(values) - len(finite), self.best_f, float(es.sigma)))
+                on_generation(
+                    Generation(
+                        self.generation,
+                        gen_best,
+                        float(np.mean(finite)) if finite else math.nan,
+                        len(values) - len(finite),
+                        self.best_f,
+                        float(es.sigma),
+                    )
+                )
             if boundary is not None:
                 boundary(self.generation < self.generations)  # the caller checkpoints after the last
         return self.best_x, self.best_f
@@ -255,8 +266,12 @@ class PartialTraining:
 
 class TaylorGLO(OfflineLearnedLoss):
     def __init__(self, config: TaylorGLOConfig) -> None:
-        super().__init__(config.name, config.plot_every, config.dead_loss, "The search found a polynomial that "
-                         "cannot train: try more method.cmaes.generations or another method.init")
+        super().__init__(
+            config.name,
+            config.plot_every,
+            config.dead_loss,
+            "The search found a polynomial that cannot train: try more method.cmaes.generations or another method.init",
+        )
         self.config = config
         self.search_name, self.init = config.search, config.init
         self.cmaes_cfg = config.cmaes
@@ -274,8 +289,15 @@ class TaylorGLO(OfflineLearnedLoss):
         theta = loss.pointwise.theta
         if self.search_name is Search.gradient:
             steps = self.meta_cfg.init_steps
-            self.offline_run.run(job, self.engine, [theta], loss, steps, self.meta_cfg.init_lr,
-                                 extra_scalars=lambda: self._theta_scalars(theta))
+            self.offline_run.run(
+                job,
+                self.engine,
+                [theta],
+                loss,
+                steps,
+                self.meta_cfg.init_lr,
+                extra_scalars=lambda: self._theta_scalars(theta),
+            )
             return f"Taylor loss before / after {steps} offline meta steps", steps
 
         c = self.cmaes_cfg
@@ -293,11 +315,17 @@ class TaylorGLO(OfflineLearnedLoss):
             return fitness_of(loss)
 
         def log(gen: Generation) -> None:
-            job.tracker.log("offline", gen.index, {
-                "offline/cmaes_best": gen.best, "offline/cmaes_mean": gen.mean,
-                "offline/cmaes_best_so_far": gen.best_so_far, "offline/cmaes_nonfinite": gen.nonfinite,
-                "offline/cmaes_sigma": gen.sigma,
-            })
+            job.tracker.log(
+                "offline",
+                gen.index,
+                {
+                    "offline/cmaes_best": gen.best,
+                    "offline/cmaes_mean": gen.mean,
+                    "offline/cmaes_best_so_far": gen.best_so_far,
+                    "offline/cmaes_nonfinite": gen.nonfinite,
+                    "offline/cmaes_sigma": gen.sigma,
+                },
+            )
             progress.update(gen.index, best_fitness=gen.best, mean_fitness=gen.mean, best_so_far=gen.best_so_far)
 
         x0 = theta.detach().cpu().double().numpy().copy()
@@ -308,8 +336,10 @@ class TaylorGLO(OfflineLearnedLoss):
         # A checkpoint after every generation, and after any candidate when a stop signal waits.
         best_x, best_f = self.cmaes.run(fitness, log, boundary=lambda due: job.offline_boundary(due))
         if not math.isfinite(best_f):
-            raise RuntimeError("TaylorGLO search: every candidate's partial training diverged; lower optimizer.lr "
-                               "or method.cmaes.sigma")
+            raise RuntimeError(
+                "TaylorGLO search: every candidate's partial training diverged; lower optimizer.lr "
+                "or method.cmaes.sigma"
+            )
         with torch.no_grad():
             theta.copy_(torch.as_tensor(best_x, dtype=theta.dtype))
         theta.requires_grad_(True)

@@ -24,23 +24,37 @@ class AlexNet(nn.Module):
     default (``init="kaiming"``). 23,272,266 parameters on CIFAR-10.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_outputs: int, dropout: float = 0.0, init: str = "kaiming") -> None:
+    def __init__(
+        self, input_shape: Sequence[int], num_outputs: int, dropout: float = 0.0, init: str = "kaiming"
+    ) -> None:
         super().__init__()
         c, _, _ = image_shape(input_shape, "AlexNet")
         self.features = nn.Sequential(
-            nn.Conv2d(c, 64, 3, stride=2, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(c, 64, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 192, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
         )
 
         def drop() -> list[nn.Module]:
             return [nn.Dropout(dropout)] if dropout > 0 else []
 
         self.classifier = nn.Sequential(
-            *drop(), nn.Linear(features_out(self.features, input_shape), 4096), nn.ReLU(inplace=True),
-            *drop(), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            *drop(),
+            nn.Linear(features_out(self.features, input_shape), 4096),
+            nn.ReLU(inplace=True),
+            *drop(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
             nn.Linear(4096, num_outputs),
         )
         self.init_scheme = init

@@ -31,7 +31,11 @@ class AllCNNC(nn.Module):
     """
 
     def __init__(
-        self, input_shape: Sequence[int], num_outputs: int, input_dropout: float = 0.0, dropout: float = 0.5,
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        input_dropout: float = 0.0,
+        dropout: float = 0.5,
         init: str = "kaiming_convs",
     ) -> None:
         super().__init__()
@@ -42,9 +46,17 @@ class AllCNNC(nn.Module):
 
         self.net = nn.Sequential(
             *([nn.Dropout(input_dropout)] if input_dropout > 0 else []),
-            *conv(c, 96), *conv(96, 96), *conv(96, 96, stride=2, relu=False), nn.Dropout(dropout),
-            *conv(96, 192), *conv(192, 192), *conv(192, 192, stride=2, relu=False), nn.Dropout(dropout),
-            *conv(192, 192), *conv(192, 192, kernel=1), *conv(192, num_outputs, kernel=1, relu=False),
+            *conv(c, 96),
+            *conv(96, 96),
+            *conv(96, 96, stride=2, relu=False),
+            nn.Dropout(dropout),
+            *conv(96, 192),
+            *conv(192, 192),
+            *conv(192, 192, stride=2, relu=False),
+            nn.Dropout(dropout),
+            *conv(192, 192),
+            *conv(192, 192, kernel=1),
+            *conv(192, num_outputs, kernel=1, relu=False),
             nn.AdaptiveAvgPool2d(1),  # the whole map (the author's pool kept the top-left 6x6 of 8x8)
         )
         self.init_scheme = init

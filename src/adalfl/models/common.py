@@ -35,13 +35,21 @@ def features_out(net: nn.Module, input_shape: Sequence[int]) -> int:
 
 
 def conv_bn_relu(
-    c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: int = 1, batch_norm: bool = True,
-    bias: bool | None = None, relu: bool = True,
+    c_in: int,
+    c_out: int,
+    kernel: int = 3,
+    stride: int = 1,
+    padding: int = 1,
+    batch_norm: bool = True,
+    bias: bool | None = None,
+    relu: bool = True,
 ) -> list[nn.Module]:
     """Conv [+ BatchNorm] [+ ReLU]. ``bias=None``: a conv bias only when no BatchNorm follows (it
     would be cancelled by the mean subtraction); the first author's VGG and All-CNN-C keep it, so
     they pass ``bias=True``."""
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=not batch_norm if bias is None else bias)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=not batch_norm if bias is None else bias)
+    ]
     if batch_norm:
         layers.append(nn.BatchNorm2d(c_out))
     if relu:
@@ -56,9 +64,7 @@ class ResidualTrunk(nn.Module):
 
     stem: nn.Module
 
-    def _build(
-        self, widths: Sequence[int], make_block: Callable[[int, int, int], nn.Module], num_outputs: int
-    ) -> None:
+    def _build(self, widths: Sequence[int], make_block: Callable[[int, int, int], nn.Module], num_outputs: int) -> None:
         """One block per entry of ``widths`` (its output channels), a third of them per stage."""
         per_stage = len(widths) // 3
         blocks: list[nn.Module] = []

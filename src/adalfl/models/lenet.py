@@ -27,12 +27,18 @@ class LeNet5(nn.Module):
         super().__init__()
         c, _, _ = image_shape(input_shape, "LeNet5")
         self.features = nn.Sequential(
-            nn.Conv2d(c, 6, 5), nn.Tanh(), nn.AvgPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
+            nn.Conv2d(c, 6, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(features_out(self.features, input_shape), 120), nn.Tanh(),
-            nn.Linear(120, 84), nn.Tanh(),
+            nn.Linear(features_out(self.features, input_shape), 120),
+            nn.Tanh(),
+            nn.Linear(120, 84),
+            nn.Tanh(),
             nn.Linear(84, num_outputs),
         )
         self.init_scheme = init
@@ -54,12 +60,18 @@ class LeNet5ReLU(nn.Module):
         super().__init__()
         c, _, _ = image_shape(input_shape, "LeNet5ReLU")
         self.features = nn.Sequential(
-            nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 6, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(features_out(self.features, input_shape), 120), nn.ReLU(),
-            nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(features_out(self.features, input_shape), 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
             nn.Linear(84, num_outputs),
         )
         self.init_scheme = init
@@ -77,7 +89,11 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(
-        self, input_shape: Sequence[int], num_outputs: int, widths: Sequence[int] = (32, 64, 64), batch_norm: bool = False,
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        widths: Sequence[int] = (32, 64, 64),
+        batch_norm: bool = False,
         init: str = "default",
     ) -> None:
         super().__init__()

@@ -51,7 +51,11 @@ class PyramidBlock(nn.Module):
 
 class PyramidNet(ResidualTrunk):
     def __init__(
-        self, input_shape: Sequence[int], num_outputs: int, depth: int = 110, alpha: int = 48,
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        depth: int = 110,
+        alpha: int = 48,
         init: str = "fan_out_xavier_linear",
     ) -> None:
         super().__init__()

@@ -80,7 +80,10 @@ class PreResNet(nn.Module):
     """
 
     def __init__(
-        self, input_shape: Sequence[int], num_outputs: int, blocks: Sequence[int] = (2, 2, 2, 2),
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        blocks: Sequence[int] = (2, 2, 2, 2),
         init: str = "fan_out_kaiming_linear",
     ) -> None:
         super().__init__()

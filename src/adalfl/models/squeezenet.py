@@ -43,7 +43,9 @@ class SqueezeNet(nn.Module):
     734,986 with 10.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_outputs: int, bypass: bool = True, init: str = "xavier_convs") -> None:
+    def __init__(
+        self, input_shape: Sequence[int], num_outputs: int, bypass: bool = True, init: str = "xavier_convs"
+    ) -> None:
         super().__init__()
         c, _, _ = image_shape(input_shape, "SqueezeNet")
         self.stem = nn.Sequential(*conv_bn_relu(c, 96, bias=True), nn.MaxPool2d(2))

@@ -28,13 +28,19 @@ class VGG16(nn.Module):
     """
 
     def __init__(
-        self, input_shape: Sequence[int], num_outputs: int, batch_norm: bool = True, conv_bias: bool = True,
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        batch_norm: bool = True,
+        conv_bias: bool = True,
         init: str = "kaiming",
     ) -> None:
         super().__init__()
         c, h, w = image_shape(input_shape, "VGG16")
         if min(h, w) < 32:
-            raise ConfigError(f"VGG16 pools five times and needs inputs of at least 32x32, got input_shape {list(input_shape)}")
+            raise ConfigError(
+                f"VGG16 pools five times and needs inputs of at least 32x32, got input_shape {list(input_shape)}"
+            )
         layers: list[nn.Module] = []
         for item in VGG16_LAYERS:
             if item == "M":

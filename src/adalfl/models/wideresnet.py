@@ -25,7 +25,12 @@ class WideResNet(ResidualTrunk):
     """Zagoruyko & Komodakis's WRN-d-k, which is also the author's (``init="fan_out_xavier_linear"``)."""
 
     def __init__(
-        self, input_shape: Sequence[int], num_outputs: int, depth: int = 28, widen_factor: int = 10, dropout: float = 0.0,
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        depth: int = 28,
+        widen_factor: int = 10,
+        dropout: float = 0.0,
         init: str = "fan_out_xavier_linear",
     ) -> None:
         super().__init__()

@@ -72,6 +72,8 @@ class OutputDirCheck(Callback):
         except OSError as err:
             reason = err.strerror or type(err).__name__
             where = f" ({err.filename})" if err.filename and str(err.filename) != folder else ""
-            print(f"error: cannot write the output folder {folder}: {reason}{where}; choose another with {key}=...",
-                  file=sys.stderr)
+            print(
+                f"error: cannot write the output folder {folder}: {reason}{where}; choose another with {key}=...",
+                file=sys.stderr,
+            )
             sys.exit(1)

@@ -186,18 +186,28 @@ def assign_settings(jobs: list[Job]) -> None:
         groups.setdefault((job.result.dataset, job.result.model), []).append(job)
     for group in groups.values():
         identities = {id(j): j.identity for j in group}
-        general = _distinguishing([{k: v for k, v in identities[id(j)].items() if not k.startswith("method.")}
-                                   for j in group if identities[id(j)]])
+        general = _distinguishing(
+            [
+                {k: v for k, v in identities[id(j)].items() if not k.startswith("method.")}
+                for j in group
+                if identities[id(j)]
+            ]
+        )
         by_method: dict[str, list[Job]] = {}
         for job in group:
             by_method.setdefault(job.result.method, []).append(job)
         for method, members in by_method.items():
-            own = _distinguishing([{k: v for k, v in identities[id(j)].items() if k.startswith("method.")}
-                                   for j in members if identities[id(j)]])
+            own = _distinguishing(
+                [
+                    {k: v for k, v in identities[id(j)].items() if k.startswith("method.")}
+                    for j in members
+                    if identities[id(j)]
+                ]
+            )
             for job in members:
                 ident = identities[id(job)]
                 job.setting = ",".join(f"{k}={_show(ident[k])}" for k in general if k in ident)
-                variant = ",".join(f"{k[len('method.'):]}={_show(ident[k])}" for k in own if k in ident)
+                variant = ",".join(f"{k[len('method.') :]}={_show(ident[k])}" for k in own if k in ident)
                 job.column = f"{method} [{variant}]" if variant else method
 
 
@@ -241,8 +251,19 @@ def build(sweep: Path) -> Report:
     missing = sorted(",".join(sorted(o)) for o in expected_overrides(sweep) if o not in seen)
     ordered = sorted(methods, key=_column_order)
     title = next((j.result.experiment for j in jobs if j.result.experiment), None) or sweep.name
-    return Report(sweep, title, metric_names, row_metric, ordered, dict(sorted(cells.items())), failed,
-                  sorted(unfinished), missing, jobs, interrupted)
+    return Report(
+        sweep,
+        title,
+        metric_names,
+        row_metric,
+        ordered,
+        dict(sorted(cells.items())),
+        failed,
+        sorted(unfinished),
+        missing,
+        jobs,
+        interrupted,
+    )
 
 
 BASELINE = "ce"
@@ -279,8 +300,11 @@ def _fmt(cell: Cell | None) -> str:
     if cell is None or (not cell.values and not cell.failed and not cell.interrupted):
         return "–"
     text = f"{cell.mean:.2f} ± {cell.std:.2f}" if cell.values else "failed" if cell.failed else "interrupted"
-    extra = (f"n={len(cell.values)}" + (f", {cell.failed} failed" if cell.failed else "")
-             + (f", {cell.interrupted} interrupted" if cell.interrupted else ""))
+    extra = (
+        f"n={len(cell.values)}"
+        + (f", {cell.failed} failed" if cell.failed else "")
+        + (f", {cell.interrupted} interrupted" if cell.interrupted else "")
+    )
     return f"{text} ({extra})"
 
 
@@ -293,7 +317,9 @@ def time_unit(report: Report) -> tuple[str, float]:
     """The run-time table's unit and its length in seconds."""
     totals = [
         3600 * (statistics.fmean(cell.hours_offline) + statistics.fmean(cell.hours_train))
-        for by_method in report.cells.values() for cell in by_method.values() if cell.hours_train
+        for by_method in report.cells.values()
+        for cell in by_method.values()
+        if cell.hours_train
     ]
     largest = max(totals, default=0.0)
     return next((name, seconds) for name, seconds, below in TIME_UNITS if largest < below)
@@ -337,11 +363,20 @@ def _row_values(report: Report, row: Row) -> list[str]:
 
 
 def results_table(report: Report) -> Table:
-    pooled = (" Only seeds are pooled: jobs that differ in any other setting are separate rows (setting) "
-              "or columns ([method settings])." if report.has_settings or any("[" in m for m in report.methods) else "")
+    pooled = (
+        " Only seeds are pooled: jobs that differ in any other setting are separate rows (setting) "
+        "or columns ([method settings])."
+        if report.has_settings or any("[" in m for m in report.methods)
+        else ""
+    )
     head = _row_columns(report)
-    table = Table("table", f"Final {metric_label(report)}, mean ± standard deviation over finished seeds (n); "
-                  "lower is better, best per row in **bold**." + pooled, [*head, *report.methods], [])
+    table = Table(
+        "table",
+        f"Final {metric_label(report)}, mean ± standard deviation over finished seeds (n); "
+        "lower is better, best per row in **bold**." + pooled,
+        [*head, *report.methods],
+        [],
+    )
     for row, by_method in report.cells.items():
         best = report.best(row)
         table.rows.append([*_row_values(report, row), *(_fmt(by_method.get(method)) for method in report.methods)])
@@ -351,19 +386,29 @@ def results_table(report: Report) -> Table:
 
 
 def paired_table(report: Report) -> Table:
-    table = Table("paired", f"Per seed, method minus {BASELINE} (negative: the method is better); "
-                  "wins: seeds where it is lower.", [*_row_columns(report), "method", "seeds", "mean difference", "wins"], [])
+    table = Table(
+        "paired",
+        f"Per seed, method minus {BASELINE} (negative: the method is better); wins: seeds where it is lower.",
+        [*_row_columns(report), "method", "seeds", "mean difference", "wins"],
+        [],
+    )
     for row, by_method in report.cells.items():
         for p in paired_with_baseline(by_method):
-            table.rows.append([*_row_values(report, row), p.method, str(p.n), f"{p.mean_difference:+.2f}",
-                               f"{p.wins}/{p.n}"])
+            table.rows.append(
+                [*_row_values(report, row), p.method, str(p.n), f"{p.mean_difference:+.2f}", f"{p.wins}/{p.n}"]
+            )
     return table
 
 
 def run_time_table(report: Report) -> Table:
     unit, seconds = time_unit(report)
-    table = Table("run_time", f"{unit.capitalize()} per job, mean over finished seeds: total (offline meta-learning + "
-                  "training and evaluation).", [*_row_columns(report), *report.methods], [])
+    table = Table(
+        "run_time",
+        f"{unit.capitalize()} per job, mean over finished seeds: total (offline meta-learning + "
+        "training and evaluation).",
+        [*_row_columns(report), *report.methods],
+        [],
+    )
     for row, by_method in report.cells.items():
         table.rows.append([*_row_values(report, row), *(_run_time(by_method.get(m), seconds) for m in report.methods)])
     return table
@@ -397,8 +442,10 @@ def markdown(report: Report) -> str:
         for job in report.failed:
             lines.append(f"- failed: `{job.folder.relative_to(report.sweep)}`: {job.result.error or 'unknown error'}")
         for job in report.interrupted:
-            lines.append(f"- interrupted: `{job.folder.relative_to(report.sweep)}`: "
-                         f"{job.result.error or 'stopped from outside'}; resume: `{resume_command(job)}`")
+            lines.append(
+                f"- interrupted: `{job.folder.relative_to(report.sweep)}`: "
+                f"{job.result.error or 'stopped from outside'}; resume: `{resume_command(job)}`"
+            )
         stopped = {job.folder for job in report.interrupted}
         for folder in report.unfinished:
             if folder not in stopped:
@@ -406,11 +453,14 @@ def markdown(report: Report) -> str:
         for overrides in report.missing:
             lines.append(f"- not started: `{overrides}`")
         if report.interrupted:
-            lines += ["", "An interrupted job (stopped by a signal, a preemption or a time limit) is no failure: "
-                      "started again in its folder it resumes from its last checkpoint (or starts over if it "
-                      "wrote none). Rerun the sweep's command with "
-                      f"`hydra.sweep.dir={shlex.quote(str(report.sweep))}` (finished jobs are skipped, "
-                      "interrupted ones resume), or one job with its command above."]
+            lines += [
+                "",
+                "An interrupted job (stopped by a signal, a preemption or a time limit) is no failure: "
+                "started again in its folder it resumes from its last checkpoint (or starts over if it "
+                "wrote none). Rerun the sweep's command with "
+                f"`hydra.sweep.dir={shlex.quote(str(report.sweep))}` (finished jobs are skipped, "
+                "interrupted ones resume), or one job with its command above.",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -425,20 +475,47 @@ def resume_command(job: Job) -> str:
 def csv_text(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["dataset", "model", "setting", "method", "metric", "n_finished", "n_failed", "n_interrupted",
-                     "mean", "std", "values", "seeds", "hours_offline", "hours_train"])
+    writer.writerow(
+        [
+            "dataset",
+            "model",
+            "setting",
+            "method",
+            "metric",
+            "n_finished",
+            "n_failed",
+            "n_interrupted",
+            "mean",
+            "std",
+            "values",
+            "seeds",
+            "hours_offline",
+            "hours_train",
+        ]
+    )
     for (dataset, model, setting), by_method in report.cells.items():
         for method in report.methods:
             cell = by_method.get(method)
             if cell is None:
                 continue
-            writer.writerow([
-                dataset, model, setting, method, report.row_metric[(dataset, model, setting)], len(cell.values), cell.failed,
-                cell.interrupted, f"{cell.mean:.6g}", f"{cell.std:.6g}", " ".join(f"{v:.6g}" for v in cell.values),
-                " ".join(str(seed) for seed in cell.seeds),
-                f"{statistics.fmean(cell.hours_offline):.6g}" if cell.hours_offline else "",
-                f"{statistics.fmean(cell.hours_train):.6g}" if cell.hours_train else "",
-            ])
+            writer.writerow(
+                [
+                    dataset,
+                    model,
+                    setting,
+                    method,
+                    report.row_metric[(dataset, model, setting)],
+                    len(cell.values),
+                    cell.failed,
+                    cell.interrupted,
+                    f"{cell.mean:.6g}",
+                    f"{cell.std:.6g}",
+                    " ".join(f"{v:.6g}" for v in cell.values),
+                    " ".join(str(seed) for seed in cell.seeds),
+                    f"{statistics.fmean(cell.hours_offline):.6g}" if cell.hours_offline else "",
+                    f"{statistics.fmean(cell.hours_train):.6g}" if cell.hours_train else "",
+                ]
+            )
     return out.getvalue()
 
 
@@ -452,7 +529,9 @@ def latex(report: Report) -> str:
     lines = [
         r"\begin{tabular}{" + cols + "}",
         r"\toprule",
-        "Dataset & Model & " + ("Setting & " if settings else "") + " & ".join(_tex_escape(m) for m in report.methods)
+        "Dataset & Model & "
+        + ("Setting & " if settings else "")
+        + " & ".join(_tex_escape(m) for m in report.methods)
         + r" \\",
         r"\midrule",
     ]
@@ -486,10 +565,18 @@ def figures(report: Report) -> list[Path]:
         name = f"{row[0]}_{row[1]}" + (f"_{_slug(row[2])}" if row[2] else "")
         title = f"{row[0]} / {row[1]}" + (f" ({row[2]})" if row[2] else "")
         written.append(test_curves_figure(done, report.methods, folder / f"curves_{name}.png", title))
-        adalfl = sorted((j for j in done if j.result.method == "adalfl"), key=lambda j: (j.column != "adalfl", j.column, j.result.seed))
-        curves = next((j.folder / "learned_loss_curves.json" for j in adalfl if (j.folder / "learned_loss_curves.json").exists()), None)
+        adalfl = sorted(
+            (j for j in done if j.result.method == "adalfl"),
+            key=lambda j: (j.column != "adalfl", j.column, j.result.seed),
+        )
+        curves = next(
+            (j.folder / "learned_loss_curves.json" for j in adalfl if (j.folder / "learned_loss_curves.json").exists()),
+            None,
+        )
         if curves is not None:
-            written.append(learned_loss_figure(curves, folder / f"learned_loss_{name}.png", f"AdaLFL learned loss, {title}"))
+            written.append(
+                learned_loss_figure(curves, folder / f"learned_loss_{name}.png", f"AdaLFL learned loss, {title}")
+            )
     return written
 
 

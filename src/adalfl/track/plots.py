@@ -35,9 +35,7 @@ def learning_curves(tracker: Tracker, metric_name: str, path: Path, title: str) 
     return path
 
 
-def learned_loss(
-    snapshots: list[dict], classification: bool, path: Path, title: str
-) -> Path:
+def learned_loss(snapshots: list[dict], classification: bool, path: Path, title: str) -> Path:
     """l_phi over the prediction, one line per snapshot (colour = training step).
 
     Classification: over the predicted probability, for target 1 (solid) and target 0 (dashed).

@@ -52,9 +52,17 @@ class ProgressLog:
     while a progress bar shows the same on a terminal).
     """
 
-    def __init__(self, log: logging.Logger, title: str, phase: str, total: int, start: int = 0,
-                 interval_s: float | None = None, enabled: bool = True,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        log: logging.Logger,
+        title: str,
+        phase: str,
+        total: int,
+        start: int = 0,
+        interval_s: float | None = None,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.log, self.title, self.phase = log, title, phase
         self.total, self.start, self.enabled = int(total), int(start), enabled
         self.interval_s = INTERVAL_S if interval_s is None else interval_s
@@ -75,8 +83,14 @@ class ProgressLog:
         elapsed = now - self.started
         done = step - self.start
         left = elapsed / done * (self.total - step) if done > 0 else math.inf
-        parts = [f"{name.replace('_', ' ')} {number:.4g}" for name, value in {**self.kept, **values}.items()
-                 if (number := _number(value)) is not None]
-        parts += [f"{format_duration(elapsed)} elapsed", f"about {format_duration(left)} left" if step < self.total else "done"]
+        parts = [
+            f"{name.replace('_', ' ')} {number:.4g}"
+            for name, value in {**self.kept, **values}.items()
+            if (number := _number(value)) is not None
+        ]
+        parts += [
+            f"{format_duration(elapsed)} elapsed",
+            f"about {format_duration(left)} left" if step < self.total else "done",
+        ]
         percent = 100 * step / self.total if self.total else 100.0
         self.log.info("[%s] %s %d/%d (%.0f%%): %s", self.title, self.phase, step, self.total, percent, ", ".join(parts))

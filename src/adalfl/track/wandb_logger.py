@@ -123,8 +123,20 @@ class WandbLogger:
 
 # What a W&B runs table needs to rebuild the paper's table with W&B's own grouping (by dataset, model
 # and method, mean ± std over seeds), as in result.json.
-SUMMARY_KEYS = ("status", "dataset", "model", "method", "seed", "metric_name", "test_metric", "best_val_metric",
-                "best_val_step", "test_metric_at_best_val", "final_val_metric", "steps")
+SUMMARY_KEYS = (
+    "status",
+    "dataset",
+    "model",
+    "method",
+    "seed",
+    "metric_name",
+    "test_metric",
+    "best_val_metric",
+    "best_val_step",
+    "test_metric_at_best_val",
+    "final_val_metric",
+    "steps",
+)
 
 
 def run_summary(record: dict[str, Any]) -> dict[str, Any]:

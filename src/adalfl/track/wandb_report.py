@@ -41,7 +41,9 @@ class SweepReport(Protocol):
     @property
     def methods(self) -> Sequence[str]: ...  # column labels
     @property
-    def cells(self) -> Mapping[Any, Mapping[str, Any]]: ...  # row -> column -> cell, whose ``values`` are its finished seeds
+    def cells(
+        self,
+    ) -> Mapping[Any, Mapping[str, Any]]: ...  # row -> column -> cell, whose ``values`` are its finished seeds
     @property
     def failed(self) -> Sequence[Any]: ...
     @property
@@ -64,8 +66,15 @@ class ReportTable(Protocol):
 RUN_ID_FILE = ".wandb_report_run_id"
 LOCK_FILE = ".wandb_report.lock"
 # results.csv columns that W&B gets as numbers (sortable, plottable); every other column is text.
-CSV_NUMBERS = {"n_finished": int, "n_failed": int, "n_interrupted": int, "mean": float, "std": float, "hours_offline": float,
-               "hours_train": float}
+CSV_NUMBERS = {
+    "n_finished": int,
+    "n_failed": int,
+    "n_interrupted": int,
+    "mean": float,
+    "std": float,
+    "hours_offline": float,
+    "hours_train": float,
+}
 
 
 def csv_table(csv_body: str) -> tuple[list[str], list[list[Any]]]:
@@ -92,27 +101,39 @@ def enabled(logger: Mapping[str, Any]) -> bool:
     return logger.get("name") == "wandb" and logger.get("mode", "disabled") != "disabled"
 
 
-def publish(report: SweepReport, tables: Sequence[ReportTable], csv_body: str, figures: list[Path],
-            logger: Mapping[str, Any]) -> None:
+def publish(
+    report: SweepReport, tables: Sequence[ReportTable], csv_body: str, figures: list[Path], logger: Mapping[str, Any]
+) -> None:
     """Send the report's tables, results.csv and the figures written by this rebuild to the sweep's
     W&B run. Never raises: the report on disk is what matters."""
     if not enabled(logger):
         return
     mode = str(logger["mode"])
     if mode == "online" and not has_credentials():
-        log.warning("W&B online mode needs credentials (`wandb login` or WANDB_API_KEY); the sweep report "
-                    "is not sent to W&B, results.md/.csv/.tex are unaffected")
+        log.warning(
+            "W&B online mode needs credentials (`wandb login` or WANDB_API_KEY); the sweep report "
+            "is not sent to W&B, results.md/.csv/.tex are unaffected"
+        )
         return
     try:
         with _locked(report.sweep / LOCK_FILE):
             _log_run(report, tables, csv_body, figures, logger, mode)
     except Exception as err:  # noqa: BLE001 - W&B must never cost the report
-        log.warning("could not send the sweep report to W&B (%s: %s); results.md/.csv/.tex are unaffected",
-                    type(err).__name__, err)
+        log.warning(
+            "could not send the sweep report to W&B (%s: %s); results.md/.csv/.tex are unaffected",
+            type(err).__name__,
+            err,
+        )
 
 
-def _log_run(report: SweepReport, tables: Sequence[ReportTable], csv_body: str, figures: list[Path],
-             logger: Mapping[str, Any], mode: str) -> None:
+def _log_run(
+    report: SweepReport,
+    tables: Sequence[ReportTable],
+    csv_body: str,
+    figures: list[Path],
+    logger: Mapping[str, Any],
+    mode: str,
+) -> None:
     import wandb
 
     sweep = report.sweep
@@ -125,8 +146,12 @@ def _log_run(report: SweepReport, tables: Sequence[ReportTable], csv_body: str, 
         job_type="report",
         name=f"report-{report.title}",
         tags=sorted(set(tags)),
-        config={"experiment": report.title, "sweep_dir": str(sweep.resolve()), "methods": report.methods,
-                "rows": ["/".join(part for part in row if part) for row in report.cells]},
+        config={
+            "experiment": report.title,
+            "sweep_dir": str(sweep.resolve()),
+            "methods": report.methods,
+            "rows": ["/".join(part for part in row if part) for row in report.cells],
+        },
         dir=str(sweep),
         mode=mode,
         id=identifier,
@@ -141,13 +166,15 @@ def _log_run(report: SweepReport, tables: Sequence[ReportTable], csv_body: str, 
         values["results/csv"] = wandb.Table(columns=columns, data=rows)
         values.update({f"figures/{path.stem}": wandb.Image(str(path)) for path in figures})
         run.log(values)
-        run.summary.update({
-            "jobs/finished": sum(len(c.values) for by_method in report.cells.values() for c in by_method.values()),
-            "jobs/failed": len(report.failed),
-            "jobs/interrupted": len(report.interrupted),  # also counted in jobs/unfinished
-            "jobs/unfinished": len(report.unfinished),
-            "jobs/not_started": len(report.missing),
-        })
+        run.summary.update(
+            {
+                "jobs/finished": sum(len(c.values) for by_method in report.cells.values() for c in by_method.values()),
+                "jobs/failed": len(report.failed),
+                "jobs/interrupted": len(report.interrupted),  # also counted in jobs/unfinished
+                "jobs/unfinished": len(report.unfinished),
+                "jobs/not_started": len(report.missing),
+            }
+        )
         failed = False
     finally:
         run.finish(exit_code=1 if failed else 0)

@@ -46,15 +46,24 @@ def sweep_settings(sweep: Path) -> dict[str, Any]:
     }
 
 
-def build(project: str, entity: str | None, title: str, experiment: str | None, metrics: list[str],
-          figures: list[str]) -> Any:
+def build(
+    project: str, entity: str | None, title: str, experiment: str | None, metrics: list[str], figures: list[str]
+) -> Any:
     """The workspace definition (a ``wandb_workspaces.workspaces.Workspace``); needs no network."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
     def curves(split: str) -> list[Any]:
-        return [wr.LinePlot(title=f"{split} {metric}: mean ± std over seeds", x="train/step", y=[f"{split}/{metric}"],
-                            groupby_aggfunc="mean", groupby_rangefunc="stddev") for metric in metrics]
+        return [
+            wr.LinePlot(
+                title=f"{split} {metric}: mean ± std over seeds",
+                x="train/step",
+                y=[f"{split}/{metric}"],
+                groupby_aggfunc="mean",
+                groupby_rangefunc="stddev",
+            )
+            for metric in metrics
+        ]
 
     results = [wr.WeavePanelSummaryTable(table_name=f"results/{key}") for key in ("table", "paired", "run_time")]
     if figures:
@@ -63,9 +72,18 @@ def build(project: str, entity: str | None, title: str, experiment: str | None, 
         ws.Section(name="Results", panels=results, is_open=True, pinned=True),
         ws.Section(name="Test metric", panels=curves("test"), is_open=True),
         ws.Section(name="Validation metric", panels=curves("val"), is_open=False),
-        ws.Section(name="Offline phase", panels=[
-            wr.LinePlot(title="offline meta-objective: mean ± std over seeds", x="offline/step",
-                        y=["offline/meta_loss"], groupby_aggfunc="mean", groupby_rangefunc="stddev")]),
+        ws.Section(
+            name="Offline phase",
+            panels=[
+                wr.LinePlot(
+                    title="offline meta-objective: mean ± std over seeds",
+                    x="offline/step",
+                    y=["offline/meta_loss"],
+                    groupby_aggfunc="mean",
+                    groupby_rangefunc="stddev",
+                )
+            ],
+        ),
     ]
     filters = [ws.Config("experiment") == experiment] if experiment else ""
     return ws.Workspace(
@@ -74,8 +92,9 @@ def build(project: str, entity: str | None, title: str, experiment: str | None, 
         name=f"AdaLFL: {title}",
         sections=sections,
         settings=ws.WorkspaceSettings(x_axis="train/step"),
-        runset_settings=ws.RunsetSettings(filters=filters, groupby=[ws.Config(key) for key in GROUP_BY],
-                                          pinned_columns=list(PINNED)),
+        runset_settings=ws.RunsetSettings(
+            filters=filters, groupby=[ws.Config(key) for key in GROUP_BY], pinned_columns=list(PINNED)
+        ),
     )
 
 
@@ -100,7 +119,9 @@ def main(argv: list[str]) -> int:
     settings["project"] = options["--project"] or settings["project"]
     settings["entity"] = options["--entity"] or settings["entity"]
     try:
-        workspace = build(**{k: settings[k] for k in ("project", "entity", "title", "experiment", "metrics", "figures")})
+        workspace = build(
+            **{k: settings[k] for k in ("project", "entity", "title", "experiment", "metrics", "figures")}
+        )
     except ImportError as err:
         print(f"{err}: wandb-workspaces is in the dev extra: pip install -e '.[dev]'", file=sys.stderr)
         return 1
@@ -114,8 +135,11 @@ def main(argv: list[str]) -> int:
             workspace.entity = wandb.Api().default_entity  # the logged-in user's (needs network)
         workspace.save()
     except Exception as err:  # noqa: BLE001 - one line: saving needs a login and W&B's API
-        print(f"could not save the workspace ({type(err).__name__}: {err}); saving needs `wandb login` and "
-              "network access (--check builds it offline)", file=sys.stderr)
+        print(
+            f"could not save the workspace ({type(err).__name__}: {err}); saving needs `wandb login` and "
+            "network access (--check builds it offline)",
+            file=sys.stderr,
+        )
         return 1
     print(workspace.url)
     return 0

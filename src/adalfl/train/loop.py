@@ -147,7 +147,9 @@ def fit(job: JobContext, model: nn.Module, method: Method) -> Progress:
             method.observe(job, model, step, "end" if last else "eval")
         if ckpt_every > 0 and (step % ckpt_every == 0 or last or preemption.requested()):
             save()
-        preemption.deliver(checkpointed=ckpt_every > 0)  # a scheduler's stop signal takes effect here, after the checkpoint
+        preemption.deliver(
+            checkpointed=ckpt_every > 0
+        )  # a scheduler's stop signal takes effect here, after the checkpoint
     bar.close()
     checkpointer.previous.unlink(missing_ok=True)
     return progress
@@ -164,7 +166,13 @@ def _evaluate(job: JobContext, model: nn.Module, progress: Progress) -> dict[str
         progress.best_val, progress.best_step, progress.test_at_best_val = val[metric], progress.step, test[metric]
     job.log.info(
         "[%s] step %d/%d  val %s %.4f  test %s %.4f",
-        job.title, progress.step, job.steps, metric, val[metric], metric, test[metric],
+        job.title,
+        progress.step,
+        job.steps,
+        metric,
+        val[metric],
+        metric,
+        test[metric],
     )
     return {
         f"val/{metric}": val[metric],
