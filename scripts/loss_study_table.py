@@ -32,10 +32,7 @@ def summarise(variant: Path) -> str | None:
     per_seed = " ".join(f"{m:.4f}" for m in metrics)
     scale = f"{statistics.median(scales):.3g}" if scales else "-"
     seeds = f"{len(done)}{f' (+{failed} failed)' if failed else ''}{f' (+{interrupted} interrupted)' if interrupted else ''}"
-    return (
-        f"| {variant.name} | {seeds} | {mean:.4f} ± {std:.4f} "
-        f"| {worst:.4f} | {unhealthy} | {scale} | {per_seed} |"
-    )
+    return f"| {variant.name} | {seeds} | {mean:.4f} ± {std:.4f} | {worst:.4f} | {unhealthy} | {scale} | {per_seed} |"
 
 
 def main(folders: list[str]) -> None:
