@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,15 @@ def test_adalfl_job_prints_no_future_warning(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "job" / "result.json").read_text())["status"] == "done"
     assert "FutureWarning" not in proc.stderr, proc.stderr
+    assert "lr_scheduler.step()" not in proc.stderr, proc.stderr  # the loop silences it for its own call
+
+
+@pytest.mark.parametrize("method", ["adalfl", "metalr"])
+def test_a_job_leaves_the_process_warning_filters_as_it_found_them(method: str, tmp_path: Path) -> None:
+    """The scheduler warning that meta-learning methods cause is silenced around the loop's
+    scheduler step only: a job run in a larger program (a notebook, a test session) must not change
+    which warnings that program sees."""
+    before = list(warnings.filters)
+    cfg = tiny(f"method={method}", "dataset.steps=20", "offline.steps=2")
+    run(cfg, out_dir=tmp_path / "job")
+    assert warnings.filters == before

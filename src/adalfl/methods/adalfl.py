@@ -3,7 +3,6 @@ after every base step, for the whole run (Algorithm 2)."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -56,9 +55,6 @@ class AdaLFL(Method):
         if self.watcher.plot_every == 0:  # the loss changes all through training: watch it four times
             self.watcher.plot_every = max(1, job.steps // 4)
         self.online = OnlineMetaStep(self.engine, list(self.loss.parameters()), self.meta_cfg.online_lr)
-        # The base optimiser is stepped through the engine, never through optimizer.step(), which
-        # the schedule's first step() would otherwise warn about.
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
 
     def offline(self, job: JobContext, model: nn.Module) -> None:
         assert self.loss is not None

@@ -17,7 +17,6 @@ part adapts on top of the schedule rather than having to undo it. In the offline
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -70,9 +69,6 @@ class MetaLR(Method):
         start = self.initial_lr if self.initial_lr is not None else self.base_lr
         self.log_lr = torch.tensor(math.log(start), device=job.device, requires_grad=True)
         self.online = OnlineMetaStep(self.engine, [self.log_lr], self.meta_cfg.online_lr)
-        # The base optimiser is stepped through the engine, never through optimizer.step(), which
-        # the schedule's first step() would otherwise warn about.
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
 
     def offline(self, job: JobContext, model: nn.Module) -> None:
         assert self.log_lr is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -119,7 +120,7 @@ def fit(job: JobContext, model: nn.Module, method: Method) -> Progress:
         with job.timer.phase("train"):
             lr = _current_lr(optimizer)
             stats = method.train_step(job, model, optimizer)
-            scheduler.step()
+            _step_schedule(scheduler)
         progress.step += 1
         step = progress.step
         bar.update(1)
@@ -180,3 +181,13 @@ def _evaluate(job: JobContext, model: nn.Module, progress: Progress) -> dict[str
         f"test/{metric}": test[metric],
         "test/task_loss": test["task_loss"],
     }
+
+
+def _step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Advance the base learning-rate schedule by one step. Meta-learning methods update the model
+    through their engine, never through ``optimizer.step()``, so torch's first ``scheduler.step()``
+    would warn that the optimiser has not stepped; the warning is silenced here only, for this call,
+    not for the whole process."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        scheduler.step()
